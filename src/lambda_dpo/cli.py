@@ -1,0 +1,73 @@
+"""The `lambda-dpo` command line.
+
+Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand runs, so ``lambda-dpo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("lambda_dpo.data.cli", "convert any supported preference format to listwise JSONL, with a report"),
+    "sft": ("lambda_dpo.sft", "supervised warm-up on the responses (the paper's Finetuned-Base step)"),
+    "train": ("lambda_dpo.train_cli", "train with λ-DPO (or a baseline loss) from a YAML config"),
+    "generate": ("lambda_dpo.generate", "generate from a trained model, steered by one or several λ"),
+    "eval": ("lambda_dpo.evaluation.cli", "evaluate a trained model: ranking, KL, length bias, controllability"),
+    "demo": ("lambda_dpo.demo.cli", "the built-in end-to-end run: train a tiny model and show that λ steers it"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    found = {}
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found[name] = (module, help_text)
+        except ModuleNotFoundError:  # its parent package does not exist (yet)
+            pass
+    return found
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[str, str]]]:
+    from lambda_dpo import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lambda-dpo",
+        description="Align a causal LM with several preference dimensions at once (λ-weighted listwise DPO) "
+        "and steer it at inference time by choosing λ.",
+    )
+    parser.add_argument("--version", action="version", version=f"lambda-dpo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    available = _available()
+    for name, (_, help_text) in available.items():
+        # Sub-parsers are filled lazily in main(); here they only carry their help line.
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser, available
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, available = build_parser()
+    if not argv or argv[0] not in available:
+        args = parser.parse_args(argv)  # prints help / version / an error naming the valid commands
+        parser.print_help()
+        return 0 if args.command is None and not argv else 2
+    name = argv[0]
+    module = importlib.import_module(available[name][0])
+    sub_parser = argparse.ArgumentParser(prog=f"lambda-dpo {name}", description=available[name][1])
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

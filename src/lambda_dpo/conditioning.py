@@ -1,0 +1,95 @@
+"""λ ⇄ text (SPEC §1, "Steering needs conditioning").
+
+The policy sees λ as one line of text in the system message, e.g.
+``Preference weights: helpfulness=0.50 honesty=0.20 instruction_following=0.20 truthfulness=0.10``.
+Dimensions appear in the dataset's order, each with two decimals. The template and the dimension order are saved
+with the trained model (``lambda_dpo.json``) so that generation renders exactly what training rendered.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+DEFAULT_TEMPLATE = "Preference weights: {weights}"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.]*$")
+
+
+def _as_vector(lambdas: Mapping[str, float] | Sequence[float], dimensions: Sequence[str]) -> list[float]:
+    if isinstance(lambdas, Mapping):
+        unknown = [name for name in lambdas if name not in dimensions]
+        if unknown:
+            raise ValueError(f"unknown dimension(s) {unknown}; known dimensions: {list(dimensions)}")
+        return [float(lambdas.get(name, 0.0)) for name in dimensions]
+    values = [float(v) for v in lambdas]
+    if len(values) != len(dimensions):
+        raise ValueError(f"λ has {len(values)} values but there are {len(dimensions)} dimensions {list(dimensions)}")
+    return values
+
+
+def render_lambda(
+    lambdas: Mapping[str, float] | Sequence[float], dimensions: Sequence[str], template: str = DEFAULT_TEMPLATE
+) -> str:
+    """Render λ as conditioning text: ``template.format(weights="name=0.50 other=0.50")``.
+
+    ``lambdas`` is a mapping name → weight (unlisted names are 0) or a sequence in ``dimensions`` order;
+    a tensor row works too.
+    """
+    if "{weights}" not in template:
+        raise ValueError(f"conditioning template {template!r} must contain the field '{{weights}}'")
+    if hasattr(lambdas, "tolist"):
+        lambdas = lambdas.tolist()
+    values = _as_vector(lambdas, dimensions)
+    weights = " ".join(f"{name}={value:.2f}" for name, value in zip(dimensions, values))
+    return template.format(weights=weights)
+
+
+def with_conditioning(system: str | None, conditioning: str) -> str:
+    """The system message the policy sees: the conditioning line, then the record's own system text if any."""
+    return f"{conditioning}\n{system}" if system else conditioning
+
+
+def parse_lambda(text: str, dimensions: Sequence[str], normalize: bool = False) -> dict[str, float]:
+    """Parse ``"helpfulness=0.7,honesty=0.3"`` into ``{dimension: weight}`` for every dimension.
+
+    Unlisted dimensions get 0. The weights must be ≥ 0 and sum to 1 within 1e-6, unless ``normalize=True``,
+    which divides by their sum. Unknown or duplicate names, negative or non-finite values and malformed text
+    raise ``ValueError`` with a message that says how to fix it.
+    """
+    dimensions = list(dimensions)
+    example = ",".join(f"{d}={1 / len(dimensions):.2f}" for d in dimensions[:2]) if dimensions else "name=1.0"
+    if not text or not text.strip():
+        raise ValueError(f"empty λ; write it as name=weight pairs separated by commas, e.g. {example!r}")
+    result = {name: 0.0 for name in dimensions}
+    seen: set[str] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if part.count("=") != 1:
+            raise ValueError(f"malformed λ entry {part!r} in {text!r}: expected name=weight, e.g. {example!r}")
+        name, raw = (s.strip() for s in part.split("="))
+        if not _NAME.match(name):
+            raise ValueError(f"malformed dimension name {name!r} in {text!r}; known dimensions: {dimensions}")
+        if name not in result:
+            raise ValueError(f"unknown dimension {name!r} in {text!r}; known dimensions: {dimensions}")
+        if name in seen:
+            raise ValueError(f"dimension {name!r} is given twice in {text!r}")
+        seen.add(name)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"weight {raw!r} of {name!r} is not a number (in {text!r})") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"weight of {name!r} must be a finite number ≥ 0, got {raw!r}")
+        result[name] = value
+    total = sum(result.values())
+    if normalize:
+        if total <= 0:
+            raise ValueError(f"λ {text!r} has no positive weight, so it cannot be normalised")
+        return {name: value / total for name, value in result.items()}
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(
+            f"λ weights must sum to 1 (they sum to {total:.6g} in {text!r}); fix them or pass normalize=True "
+            "(--normalize on the command line)"
+        )
+    return result
