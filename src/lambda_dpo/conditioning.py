@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 
 DEFAULT_TEMPLATE = "Preference weights: {weights}"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.]*$")
+# Entries are separated by commas ("a=0.7,b=0.3", the CLI form) or by whitespace before the next "name="
+# ("a=0.70 b=0.30", the form render_lambda writes), so rendered weights parse back.
+_SEPARATOR = re.compile(r"\s*,\s*|\s+(?=[A-Za-z_][A-Za-z0-9_\-.]*\s*=)")
 
 
 def _as_vector(lambdas: Mapping[str, float] | Sequence[float], dimensions: Sequence[str]) -> list[float]:
@@ -53,6 +56,8 @@ def with_conditioning(system: str | None, conditioning: str) -> str:
 def parse_lambda(text: str, dimensions: Sequence[str], normalize: bool = False) -> dict[str, float]:
     """Parse ``"helpfulness=0.7,honesty=0.3"`` into ``{dimension: weight}`` for every dimension.
 
+    Entries are separated by commas or spaces, so the weights text of :func:`render_lambda` parses back.
+
     Unlisted dimensions get 0. The weights must be ≥ 0 and sum to 1 within 1e-6, unless ``normalize=True``,
     which divides by their sum. Unknown or duplicate names, negative or non-finite values and malformed text
     raise ``ValueError`` with a message that says how to fix it.
@@ -63,8 +68,7 @@ def parse_lambda(text: str, dimensions: Sequence[str], normalize: bool = False) 
         raise ValueError(f"empty λ; write it as name=weight pairs separated by commas, e.g. {example!r}")
     result = {name: 0.0 for name in dimensions}
     seen: set[str] = set()
-    for part in text.split(","):
-        part = part.strip()
+    for part in _SEPARATOR.split(text.strip()):
         if part.count("=") != 1:
             raise ValueError(f"malformed λ entry {part!r} in {text!r}: expected name=weight, e.g. {example!r}")
         name, raw = (s.strip() for s in part.split("="))

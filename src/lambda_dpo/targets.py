@@ -46,8 +46,8 @@ def target_probs_from_scores(
         over scored responses, 0 elsewhere; rows of masked dimensions (fewer than 2 scored responses) are all 0
         and ``dimension_mask`` is False there.
     """
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    if not (tau > 0 and math.isfinite(tau)):  # also catches NaN, which would make every target NaN
+        raise ValueError(f"tau must be a finite number > 0 (the target softmax temperature), got {tau}")
     scored = ~torch.isnan(scores)
     if response_mask is not None:
         scored = scored & response_mask.unsqueeze(-2).bool()

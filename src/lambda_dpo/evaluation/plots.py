@@ -1,0 +1,143 @@
+"""Controllability plots: mean score against λ_d, and Pareto fronts of pairs of dimensions.
+
+Figures are built with ``matplotlib.figure.Figure`` and its Agg canvas, never pyplot: no global figure state, no
+window, safe in threads and on headless machines. PNGs are written atomically (temporary file in the same
+directory, then ``os.replace``), so a crashed run never leaves a truncated image behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lambda_dpo.evaluation.controllability import ControllabilityResult, shared_hypervolumes
+from lambda_dpo.evaluation.metrics import pareto_front
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (parent directories are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _dimensions(results: Mapping[str, ControllabilityResult]) -> list[str]:
+    if not results:
+        raise ValueError("nothing to plot: results is empty; pass {label: ControllabilityResult}")
+    dims = {tuple(r.dimensions) for r in results.values()}
+    if len(dims) != 1:
+        raise ValueError(
+            f"all results must share the same dimensions to be plotted together, got {sorted(dims)}"
+        )
+    return list(dims.pop())
+
+
+def plot_score_vs_lambda(results: Mapping[str, ControllabilityResult], path: str | os.PathLike) -> Path:
+    """One panel per dimension d: mean score_d (± std) at each grid point against λ_d, one series per model.
+
+    The line joins the average of the grid-point means that share a λ_d value (several grid points share λ_d
+    when m ≥ 3); the markers show every grid point. A rising line is a model that follows λ_d. The legend gives
+    each model's Spearman ρ(λ_d, score_d) over responses.
+    """
+    dimensions = _dimensions(results)
+    fig = Figure(figsize=(4.2 * len(dimensions), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(dimensions), squeeze=False)[0]
+    for (label, result), color in zip(results.items(), itertools.cycle(_COLORS)):
+        lambdas = result.lambda_matrix()
+        for i, (ax, d) in enumerate(zip(axes, dimensions)):
+            x, y, err = lambdas[:, i], result.mean_scores[:, i], result.std_scores[:, i]
+            ax.errorbar(x, y, yerr=err, fmt="o", color=color, alpha=0.45, markersize=4, capsize=2)
+            levels = np.unique(x)
+            rho = result.spearman_rows[d]
+            ax.plot(
+                levels, [y[x == v].mean() for v in levels], "-", color=color, label=f"{label} (ρ = {rho:.2f})"
+            )
+    for ax, d in zip(axes, dimensions):
+        ax.set_title(d)
+        ax.set_xlabel(f"λ[{d}]")
+        ax.set_ylabel(f"mean {d} score")
+        ax.legend(title="Spearman ρ over responses", fontsize="small", title_fontsize="small")
+    return save_figure(fig, path)
+
+
+def _draw_pareto(ax, results: Mapping[str, ControllabilityResult], dims: tuple[str, str]) -> None:
+    _, volumes = shared_hypervolumes(results)
+    for (label, result), color in zip(results.items(), itertools.cycle(_COLORS)):
+        i, j = (result.dimensions.index(d) for d in dims)
+        points = result.mean_scores[:, [i, j]]
+        ax.scatter(points[:, 0], points[:, 1], color=color, alpha=0.5, s=18)
+        # The front of the projection onto (a, b): what this panel can show (the m-D front projects onto more).
+        front = points[pareto_front(points)]
+        front = front[np.argsort(front[:, 0])]
+        # "pre": over (x_{i-1}, x_i] the dominated region reaches up to y_i; the line passes only attained corners.
+        label_hv = f"{label} (HV {volumes[label]:.3g})"
+        ax.step(front[:, 0], front[:, 1], where="pre", color=color, label=label_hv)
+        ax.scatter(front[:, 0], front[:, 1], color=color, edgecolor="black", s=30, zorder=3)
+    ax.set_xlabel(f"mean {dims[0]} score")
+    ax.set_ylabel(f"mean {dims[1]} score")
+    ax.legend(fontsize="small")
+
+
+def plot_pareto(
+    results: Mapping[str, ControllabilityResult], path: str | os.PathLike, dims: Sequence[str] | None = None
+) -> Path:
+    """Mean score vectors of the grid and each model's Pareto front for one pair of dimensions ``dims``.
+
+    ``dims`` defaults to the first two dimensions. The front drawn is that of the 2-D projection; the legend's
+    hypervolume (HV) is the m-dimensional one, measured for every model from the same reference point
+    (:func:`~lambda_dpo.evaluation.controllability.shared_hypervolumes`) so that the numbers compare.
+    """
+    dimensions = _dimensions(results)
+    dims = tuple(dims) if dims is not None else tuple(dimensions[:2])
+    _check_pair(dims, dimensions)
+    fig = Figure(figsize=(5, 4.2), layout="constrained")
+    _draw_pareto(fig.subplots(), results, dims)
+    return save_figure(fig, path)
+
+
+def plot_pareto_grid(results: Mapping[str, ControllabilityResult], path: str | os.PathLike) -> Path:
+    """One Pareto panel (see :func:`plot_pareto`) per pair of dimensions, side by side (3 panels for m = 3)."""
+    dimensions = _dimensions(results)
+    pairs = list(itertools.combinations(dimensions, 2))
+    if not pairs:
+        raise ValueError(f"a Pareto plot needs at least two dimensions, got {dimensions}")
+    columns = min(3, len(pairs))
+    rows = -(-len(pairs) // columns)
+    fig = Figure(figsize=(4.6 * columns, 4.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, pair in zip(axes, pairs):
+        _draw_pareto(ax, results, pair)
+    for ax in axes[len(pairs) :]:
+        ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def _check_pair(dims: tuple, dimensions: list[str]) -> None:
+    if len(dims) != 2 or dims[0] == dims[1] or any(d not in dimensions for d in dims):
+        raise ValueError(f"dims must name two different dimensions of {dimensions}, got {list(dims)}")
+
+
+_COLORS = [
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+]
