@@ -81,5 +81,5 @@ def mix_targets(
     if dimension_mask is not None:
         lambdas = lambdas * dimension_mask.to(lambdas.dtype)
     total = lambdas.sum(-1, keepdim=True)
-    weights = torch.where(total > 0, lambdas / total.clamp_min(1e-12), torch.zeros_like(lambdas))
+    weights = lambdas / torch.where(total > 0, total, torch.ones_like(total))
     return torch.einsum("bm,bmk->bk", weights, target_probs)
