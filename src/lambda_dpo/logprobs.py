@@ -1,0 +1,317 @@
+"""Per-sequence response log-probabilities without the full ``[N, T, V]`` logits (SPEC §1, "Efficiency contract").
+
+For sequence n with response positions R_n (tokens whose log-prob counts)::
+
+    ℓ_sum(n)  = Σ_{t ∈ R_n} log softmax(W h[n, t-1])[x[n, t]]       h = final hidden states, W = output head
+    ℓ_mean(n) = ℓ_sum(n) / |R_n|
+
+The naive route, ``log_softmax(model(x).logits.float())``, holds N·T·V floats (8 × 1024 × 151,936 fp32 is 5 GB)
+plus as much again for the log-softmax and its gradient. Here the model's backbone runs once, only the hidden
+states of positions that predict a response token are kept, and the output head + fp32 log-softmax + gather run
+over chunks of ``chunk_size`` of those positions. When gradients are needed each chunk is wrapped in
+``torch.utils.checkpoint`` so that autograd stores the chunk's ``[chunk, H]`` input, not its ``[chunk, V]`` logits:
+peak extra memory is one chunk of logits, at the price of running the head twice.
+
+Why hand-written: transformers' ``logits_to_keep`` still materialises ``[positions, V]`` at once, TRL's
+``selective_log_softmax`` starts from full logits, and the fused kernels (Liger, Cut Cross-Entropy) return a
+token-averaged loss for whole batches rather than per-sequence log-prob sums, with their own model patches.
+
+How the model is called: always through its *top-level* forward (whatever wraps it: DDP, a PeftModel, a DeepSpeed
+engine), with an empty ``logits_to_keep`` so the model itself computes no logits; a forward hook on the unwrapped
+backbone captures the final hidden states on the way. Calling the wrapper matters: DDP prepares its gradient
+all-reduce in its own ``forward``, and calling the unwrapped module would silently skip the sync. The head is then
+applied as a module call, so ZeRO-3 gathers its weights through its usual module hooks. Final-logit operations
+known from configs (Cohere's ``logit_scale``, Granite's ``logits_scaling``, Gemma's ``final_logit_softcapping``) are
+applied after the head. Once per model, a no-grad forward of one sequence with ``logits_to_keep=1`` checks that
+head + those operations reproduce the model's own logits; a model that does something else falls back (with a
+one-time warning) to the plain forward + chunked fp32 log-softmax: same values, full-logits memory.
+
+Memory note: the head's weight gradient ``[V, H]`` is accumulated by autograd across chunks, so backward briefly
+holds two of them (the running sum and one chunk's contribution).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Per model instance: True once the split (backbone + chunked head) was verified against the model's own logits,
+# False when it must use the plain forward. Weak keys: forgetting a model must not keep it alive.
+_SPLIT_VERIFIED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+_WARNED_FALLBACK: set[str] = set()
+
+
+class SequenceLogps(NamedTuple):
+    """What :func:`sequence_logps` returns.
+
+    logps: float32 ``[N]``, ℓ(n) reduced over the response tokens by ``sum`` or ``mean``.
+    num_tokens: long ``[N]``, |R_n|, the number of response tokens of each sequence (e.g. for length statistics).
+    """
+
+    logps: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+def build_sequences(
+    prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Concatenate prompt + response per sequence and right-pad to the longest.
+
+    Args:
+        prompt_ids: N token lists (the rendered prompt, e.g. chat template with the generation prompt).
+        response_ids: N token lists (the response tokens whose log-prob counts).
+        pad_token_id: id written into padding positions (masked out, never scored).
+
+    Returns:
+        ``input_ids`` long ``[N, T]``, ``attention_mask`` long ``[N, T]`` (1 = real token), ``response_mask``
+        bool ``[N, T]``: True at response tokens, whose log-prob is predicted from position t-1.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(
+            f"build_sequences got {len(prompt_ids)} prompts but {len(response_ids)} responses; "
+            "pass one prompt per response (repeat the prompt for each of its k responses)"
+        )
+    for n, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+        if len(prompt) == 0 or len(response) == 0:
+            part = "prompt" if len(prompt) == 0 else "response"
+            raise ValueError(
+                f"sequence {n} has an empty {part}: a response token needs at least one token before it, and "
+                "an empty response has no log-prob; check the tokenisation / truncation of that example"
+            )
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    shape = (len(lengths), max(lengths, default=0))
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    response_mask = torch.zeros(shape, dtype=torch.bool)
+    for n, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+        input_ids[n, : lengths[n]] = torch.tensor([*prompt, *response], dtype=torch.long)
+        attention_mask[n, : lengths[n]] = 1
+        response_mask[n, len(prompt) : lengths[n]] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def sequence_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    chunk_size: int | None = 128,
+    checkpoint: bool = True,
+) -> SequenceLogps:
+    """ℓ(n), the log-probability of each sequence's response tokens, reduced by ``sum`` or ``mean``.
+
+    Args:
+        model: a causal LM, as the caller holds it: plain, a ``PeftModel``, or wrapped by accelerate (DDP, …).
+        input_ids: long ``[N, T]``; attention_mask: ``[N, T]`` (1 = real token); response_mask: bool ``[N, T]``
+            (True where token t counts; see :func:`build_sequences`).
+        reduction: ``"sum"`` (DPO's theory) or ``"mean"`` over each sequence's response tokens.
+        chunk_size: positions per output-head call; None = all response positions in one call.
+        checkpoint: recompute each chunk's logits in backward instead of storing them (only when grad is on).
+
+    Returns:
+        :class:`SequenceLogps` ``(logps float32 [N], num_tokens long [N])``. ``logps`` equals the naive
+        ``log_softmax(model(...).logits.float()).gather(...)`` reduced the same way (value and gradient).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean' (logprob_reduction), got {reduction!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
+    response_mask = response_mask.bool()
+    _check_masks(input_ids, attention_mask, response_mask)
+    # Token t is predicted at position t-1: rows/cols index the *predicting* positions.
+    rows, cols = response_mask[:, 1:].nonzero(as_tuple=True)
+    labels = input_ids[rows, cols + 1]
+    num_tokens = response_mask.sum(dim=1)
+
+    parts = _split(model)
+    if parts is not None and _split_verified(model, parts, input_ids, attention_mask):
+        _, backbone, head, transform = parts
+        # No logits from the model itself: an empty index keeps zero positions.
+        keep_none = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+        hidden, _ = _forward_capturing_hidden(model, backbone, input_ids, attention_mask, keep_none)
+        token_fn = partial(_token_logps, head=head, transform=transform)
+        token_logps = _chunked(token_fn, hidden[rows, cols], labels, chunk_size, checkpoint)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        token_fn = partial(_token_logps, head=None, transform=None)
+        token_logps = _chunked(token_fn, logits[rows, cols], labels, chunk_size, checkpoint)
+    return _reduce(token_logps, rows, num_tokens, reduction)
+
+
+def _check_masks(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> None:
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or response_mask.shape != input_ids.shape:
+        raise ValueError(
+            "input_ids, attention_mask and response_mask must all be [N, T]; got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}"
+        )
+    if response_mask[:, 0].any():
+        bad = response_mask[:, 0].nonzero().flatten().tolist()
+        raise ValueError(
+            f"sequences {bad} have a response token at position 0, which nothing predicts; "
+            "every sequence needs at least one prompt token before its response"
+        )
+    if (response_mask & (attention_mask == 0)).any():
+        bad = (response_mask & (attention_mask == 0)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"sequences {bad} mark padding (attention_mask = 0) as response tokens; fix the masks")
+    empty = (response_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"sequences {empty} have no response tokens, so their log-prob is undefined; "
+            "a response was probably truncated away: raise max_length or drop those examples"
+        )
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside DDP / DeepSpeed / FSDP / torch.compile / PeftModel wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    if hasattr(model, "get_base_model"):  # peft.PeftModel: LoRA layers are injected into the model it returns
+        model = model.get_base_model()
+    return model
+
+
+def _split(model: torch.nn.Module):
+    """``(hf_model, backbone, head, transform)``, or None when the model cannot be split generically.
+
+    ``transform`` applies the final-logit operations that some architectures do after the head, read from the
+    config: Cohere's ``logit_scale`` (multiply), Granite's ``logits_scaling`` (divide), Gemma's
+    ``final_logit_softcapping`` (``c · tanh(z / c)``), in the order those models apply them.
+    """
+    hf_model = _unwrap(model)
+    get_head = getattr(hf_model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    backbone = getattr(hf_model, "base_model", hf_model)
+    if head is None or backbone is hf_model:
+        _warn_fallback(hf_model, "its backbone and output head could not be located")
+        return None
+    if "logits_to_keep" not in inspect.signature(hf_model.forward).parameters:
+        # Its forward would compute the full logits anyway, the very thing this module avoids.
+        _warn_fallback(hf_model, "its forward has no `logits_to_keep` argument")
+        return None
+    config = getattr(hf_model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = getattr(text_config, "logit_scale", None)
+    divisor = getattr(text_config, "logits_scaling", None)
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    return hf_model, backbone, head, partial(_final_logit_transform, scale=scale, divisor=divisor, softcap=softcap)
+
+
+def _final_logit_transform(logits: torch.Tensor, *, scale, divisor, softcap) -> torch.Tensor:
+    if scale is not None:
+        logits = logits * scale
+    if divisor is not None:
+        logits = logits / divisor
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep):
+    """Run the top-level model; return the backbone's final hidden states ``[N, T, H]`` and the model's logits."""
+    captured = []
+
+    def keep_hidden(module, args, output):
+        captured.append(output if isinstance(output, torch.Tensor) else output[0])
+
+    handle = backbone.register_forward_hook(keep_hidden)
+    try:
+        outputs = model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=logits_to_keep
+        )
+    finally:
+        handle.remove()
+    hidden = captured[-1]
+    if hidden.shape[:2] != input_ids.shape:
+        raise ValueError(
+            f"the backbone returned hidden states of shape {tuple(hidden.shape)} for input_ids of shape "
+            f"{tuple(input_ids.shape)}; models that add positions (e.g. PEFT prompt tuning) are not supported"
+        )
+    return hidden, outputs.logits
+
+
+def _split_verified(model, parts, input_ids, attention_mask) -> bool:
+    """Whether head + transform on the captured hidden states reproduce the model's own logits.
+
+    Checked once per model, on the last position of the first sequence, in a no-grad forward of that one
+    sequence (so the training forward still runs exactly once: DDP allows one forward per backward). The check
+    runs on forked RNG state: dropout in it must not shift the training run's random stream, or a run resumed from
+    a checkpoint (which checks again, on a new model object) would not repeat the uninterrupted one.
+    """
+    hf_model, backbone, head, transform = parts
+    if hf_model not in _SPLIT_VERIFIED:
+        device = input_ids.device
+        accelerators = [device] if device.type != "cpu" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=accelerators, device_type=device.type):
+            hidden, logits = _forward_capturing_hidden(model, backbone, input_ids[:1], attention_mask[:1], 1)
+            ours = transform(head(hidden[:, -1]).float())
+            theirs = logits[:, -1].float()
+        # Low precision: the model may apply its final-logit ops in bf16 where we use fp32.
+        tol = 1e-3 if hidden.dtype == torch.float32 else 2e-2
+        ok = torch.allclose(ours, theirs, rtol=tol, atol=tol * max(1.0, theirs.abs().max().item()))
+        if not ok:
+            diff = (ours - theirs).abs().max().item()
+            _warn_fallback(hf_model, f"head(hidden) + known final-logit ops differ from its logits by {diff:.3g}")
+        _SPLIT_VERIFIED[hf_model] = ok
+    return _SPLIT_VERIFIED[hf_model]
+
+
+def _warn_fallback(model: torch.nn.Module, why: str) -> None:
+    name = type(model).__name__
+    if name not in _WARNED_FALLBACK:
+        _WARNED_FALLBACK.add(name)
+        logger.warning(
+            "sequence_logps: %s cannot be split into backbone + output head (%s); using the plain forward, "
+            "which materialises the full [N, T, V] logits. Memory will be higher, values are the same.",
+            name,
+            why,
+        )
+
+
+def _token_logps(
+    inputs: torch.Tensor, labels: torch.Tensor, *, head: torch.nn.Module | None, transform: Callable | None
+) -> torch.Tensor:
+    """log softmax(z)[label] = z[label] − logsumexp(z) in fp32, for ``inputs`` [c, H] (head given) or logits [c, V]."""
+    logits = inputs if head is None else head(inputs)
+    logits = logits.float()
+    if transform is not None:
+        logits = transform(logits)
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunked(token_fn, inputs: torch.Tensor, labels: torch.Tensor, chunk_size: int | None, checkpoint: bool):
+    """``token_fn`` over chunks of ``inputs`` [R, ·] and ``labels`` [R] → token log-probs ``[R]``."""
+    if inputs.shape[0] == 0:
+        return inputs.new_zeros(0, dtype=torch.float32)
+    size = inputs.shape[0] if chunk_size is None else chunk_size
+    recompute = checkpoint and torch.is_grad_enabled() and inputs.requires_grad
+    # split(), not slicing: one SplitBackward concatenates the chunk gradients instead of one zero-filled
+    # [R, ·] gradient per chunk.
+    pieces = []
+    for x, y in zip(inputs.split(size), labels.split(size)):
+        if recompute:
+            pieces.append(activation_checkpoint(token_fn, x, y, use_reentrant=False))
+        else:
+            pieces.append(token_fn(x, y))
+    return torch.cat(pieces)
+
+
+def _reduce(token_logps: torch.Tensor, rows: torch.Tensor, num_tokens: torch.Tensor, reduction: str):
+    """Sum token log-probs ``[R]`` into their sequences ``[N]``; divide by the token count for ``mean``."""
+    sums = token_logps.new_zeros(num_tokens.shape[0]).index_add(0, rows, token_logps)
+    logps = sums / num_tokens if reduction == "mean" else sums
+    return SequenceLogps(logps=logps, num_tokens=num_tokens)
+
+
+__all__ = ["SequenceLogps", "build_sequences", "sequence_logps"]

@@ -1,0 +1,371 @@
+"""Reference log-probabilities: one pass before training, cached on disk (SPEC §1, "Reference model").
+
+The reference is unconditioned, ``π_ref(y | x)``, so ℓ_ref of each (prompt, response) never changes during training:
+it is computed once per response and stored. The cache file is keyed by a fingerprint of everything that determines
+the numbers (reference weights, tokenizer, tokenised data, settings); a stale, foreign, half-written or corrupt file
+is never used, it is recomputed.
+
+Typical use (``ref_model`` is a frozen model, or the policy's PeftModel with ``adapter_disabled=True``)::
+
+    fingerprint = reference_fingerprint(ref_model, tokenizer, dataset, {"max_length": 1024}, adapter_disabled=False)
+    ref_logps, cache_hit = load_or_compute_reference_logps(
+        ref_model, dataset, fingerprint=fingerprint, cache_dir="runs/x/cache", pad_token_id=tokenizer.pad_token_id,
+        reduction="mean")
+
+Rows need ``prompt_input_ids: list[int]`` and ``response_input_ids: list[list[int]]`` (k may differ per row); the
+result has one list of k floats per row. ``shard_index``/``num_shards`` compute only rows
+``shard_index, shard_index + num_shards, …`` (a hook for splitting the pass across ranks; gathering is the caller's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import xxhash
+from tqdm.auto import tqdm
+
+from lambda_dpo.logprobs import build_sequences, sequence_logps
+
+logger = logging.getLogger(__name__)
+
+PROMPT_COLUMN = "prompt_input_ids"
+RESPONSES_COLUMN = "response_input_ids"
+CACHE_FORMAT = "lambda-dpo/reference-logps"
+CACHE_VERSION = 1
+_ARROW_BATCH = 10_000
+
+
+def reference_fingerprint(
+    model: torch.nn.Module, tokenizer, dataset, settings: dict, *, adapter_disabled: bool = False
+) -> str:
+    """A hex digest of everything the reference log-probs depend on.
+
+    Hashes (a) every state-dict tensor of the reference (name, shape, dtype and bytes; with
+    ``adapter_disabled=True`` the PEFT adapter tensors are skipped, since the reference then does not use them),
+    (b) the tokenizer's full ``save_pretrained`` serialisation (vocabulary, merges, special tokens, chat template),
+    (c) the token columns of ``dataset`` (content, not the ``datasets`` fingerprint, which is random for in-memory
+    datasets), (d) ``settings`` (reduction, max_length, … as JSON) and ``adapter_disabled``.
+    """
+    digest = xxhash.xxh3_128()
+    digest.update(f"{CACHE_FORMAT}/{CACHE_VERSION}".encode())
+    digest.update(b"weights")
+    _hash_weights(model, digest, adapter_disabled)
+    digest.update(b"tokenizer")
+    _hash_tokenizer(tokenizer, digest)
+    digest.update(b"data")
+    _hash_token_columns(dataset, digest)
+    digest.update(b"settings")
+    digest.update(json.dumps({**settings, "adapter_disabled": adapter_disabled}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def compute_reference_logps(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    pad_token_id: int,
+    reduction: str,
+    batch_size: int = 8,
+    chunk_size: int | None = 128,
+    cache_dir: str | os.PathLike | None = None,
+    fingerprint: str | None = None,
+    adapter_disabled: bool = False,
+    show_progress: bool = True,
+    shard_index: int = 0,
+    num_shards: int = 1,
+) -> list[list[float]]:
+    """ℓ_ref of every response of every row (of this shard): ``result[i][j]`` for row i, response j.
+
+    One pass under ``torch.no_grad`` in eval mode (the model's mode is restored after), sequences sorted by length
+    so each batch of ``batch_size`` sequences carries little padding. With ``cache_dir`` (and ``fingerprint``),
+    goes through :func:`load_or_compute_reference_logps`. ``adapter_disabled=True`` runs the PEFT model with its
+    adapters disabled: the base model as the reference.
+    """
+    if cache_dir is not None:
+        return load_or_compute_reference_logps(
+            model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=pad_token_id,
+            reduction=reduction, batch_size=batch_size, chunk_size=chunk_size, adapter_disabled=adapter_disabled,
+            show_progress=show_progress, shard_index=shard_index, num_shards=num_shards,
+        )[0]
+    shard = _shard(dataset, shard_index, num_shards)
+    prompt_lengths, response_lengths = _token_lengths(shard)
+    # One entry per (row, response), longest first: the biggest batch runs first, so memory trouble shows at once.
+    sequences = [(row, j) for row, lengths in enumerate(response_lengths) for j in range(len(lengths))]
+    sequences.sort(key=lambda s: -(prompt_lengths[s[0]] + response_lengths[s[0]][s[1]]))
+    result = [[math.nan] * len(lengths) for lengths in response_lengths]
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _adapters_disabled(model, adapter_disabled):
+            progress = tqdm(total=len(sequences), desc="reference log-probs", unit="seq", disable=not show_progress)
+            for start in range(0, len(sequences), batch_size):
+                batch = sequences[start : start + batch_size]
+                needed = sorted({row for row, _ in batch})
+                rows = dict(zip(needed, _rows(shard, needed)))
+                tensors = build_sequences(
+                    [rows[row][PROMPT_COLUMN] for row, _ in batch],
+                    [rows[row][RESPONSES_COLUMN][j] for row, j in batch],
+                    pad_token_id,
+                )
+                tensors = {name: t.to(device) for name, t in tensors.items()}
+                logps = sequence_logps(model, **tensors, reduction=reduction, chunk_size=chunk_size).logps
+                for (row, j), value in zip(batch, logps.tolist()):
+                    result[row][j] = value
+                progress.update(len(batch))
+            progress.close()
+    finally:
+        model.train(was_training)
+    _check_finite(result, shard_index, num_shards)
+    return result
+
+
+def load_or_compute_reference_logps(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    fingerprint: str | None,
+    cache_dir: str | os.PathLike,
+    pad_token_id: int,
+    reduction: str,
+    batch_size: int = 8,
+    chunk_size: int | None = 128,
+    adapter_disabled: bool = False,
+    show_progress: bool = True,
+    shard_index: int = 0,
+    num_shards: int = 1,
+) -> tuple[list[list[float]], bool]:
+    """``(reference log-probs, cache_hit)``: read the cache file if it is valid, else compute and write it.
+
+    The file is ``<cache_dir>/reference_logps-<key>.json``, ``key`` = hash of ``fingerprint`` (see
+    :func:`reference_fingerprint`) and this pass's own settings (reduction, adapter_disabled, shard). It is written
+    atomically (temporary file in the same directory, then ``os.replace``) and carries its row count, every row's
+    response count and a checksum of its values; a file failing any check is ignored with a warning.
+    """
+    if not fingerprint:
+        raise ValueError(
+            "caching reference log-probs needs a fingerprint; compute one with "
+            "reference_fingerprint(model, tokenizer, dataset, settings) or pass cache_dir=None"
+        )
+    key = _cache_key(fingerprint, reduction, adapter_disabled, shard_index, num_shards)
+    path = Path(cache_dir) / f"reference_logps-{key}.json"
+    expected_counts = [len(lengths) for lengths in _token_lengths(_shard(dataset, shard_index, num_shards))[1]]
+    cached = _read_cache(path, key, expected_counts)
+    if cached is not None:
+        logger.info("reference log-probs: cache hit %s", path)
+        return cached, True
+    logps = compute_reference_logps(
+        model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
+        chunk_size=chunk_size, adapter_disabled=adapter_disabled, show_progress=show_progress,
+        shard_index=shard_index, num_shards=num_shards,
+    )
+    _write_cache(path, key, logps)
+    return logps, False
+
+
+# --- computation helpers ---------------------------------------------------------------------------------------
+
+
+def _shard(dataset, shard_index: int, num_shards: int):
+    missing = [c for c in (PROMPT_COLUMN, RESPONSES_COLUMN) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"the dataset has no column(s) {missing} (it has {dataset.column_names}); reference log-probs need the "
+            "tokenised dataset (prompt_input_ids, response_input_ids), not the raw records"
+        )
+    if not (num_shards >= 1 and 0 <= shard_index < num_shards):
+        raise ValueError(f"need 0 <= shard_index < num_shards, got shard_index={shard_index} num_shards={num_shards}")
+    # Format reset: a caller's set_format("torch") would turn ragged token lists into tensors.
+    dataset = dataset.select_columns([PROMPT_COLUMN, RESPONSES_COLUMN]).with_format(None)
+    return dataset if num_shards == 1 else dataset.select(range(shard_index, len(dataset), num_shards))
+
+
+def _arrow_batches(dataset) -> Iterator[pa.Table]:
+    yield from dataset.with_format("arrow").iter(batch_size=_ARROW_BATCH)
+
+
+def _token_lengths(dataset) -> tuple[list[int], list[list[int]]]:
+    """Prompt length per row and response lengths per row, read from Arrow without building Python token lists."""
+    prompt_lengths, response_lengths = [], []
+    for table in _arrow_batches(dataset):
+        prompt_lengths += pc.list_value_length(table.column(PROMPT_COLUMN)).to_pylist()
+        responses = table.column(RESPONSES_COLUMN)
+        counts = pc.list_value_length(responses).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(pc.list_flatten(responses)).to_numpy(zero_copy_only=False)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        response_lengths += [lengths[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    return prompt_lengths, response_lengths
+
+
+def _rows(dataset, indices: list[int]) -> list[dict]:
+    columns = dataset[indices]
+    return [{name: columns[name][i] for name in columns} for i in range(len(indices))]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _adapters_disabled(model: torch.nn.Module, disabled: bool):
+    """Run the base model of a PEFT model (its adapters off) inside the block; a no-op when ``disabled`` is False."""
+    if not disabled:
+        yield
+    elif hasattr(model, "disable_adapter"):  # peft.PeftModel
+        with model.disable_adapter():
+            yield
+    elif getattr(model, "_hf_peft_config_loaded", False):  # adapters loaded into a transformers model
+        model.disable_adapters()
+        try:
+            yield
+        finally:
+            model.enable_adapters()
+    else:
+        raise ValueError(
+            f"adapter_disabled=True, but the reference model ({type(model).__name__}) has no PEFT adapters to "
+            "disable; use `reference: adapter-disabled` only with `use_lora: true`, else `reference: model`"
+        )
+
+
+def _check_finite(result: list[list[float]], shard_index: int, num_shards: int) -> None:
+    for local_row, values in enumerate(result):
+        for j, value in enumerate(values):
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"the reference log-prob of dataset row {shard_index + local_row * num_shards}, response {j} "
+                    f"is {value}; the reference model produces non-finite logits (fp16 overflow? load it in "
+                    "bfloat16 or float32)"
+                )
+
+
+# --- fingerprint helpers ---------------------------------------------------------------------------------------
+
+
+def _hash_weights(model: torch.nn.Module, digest, adapter_disabled: bool) -> None:
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)  # DDP's "module." prefix must not change the hash
+    skipped = _adapter_prefixes(model) if adapter_disabled else ()
+    for name, tensor in model.state_dict().items():
+        if name.startswith(skipped):
+            continue
+        if tensor.is_meta:
+            raise ValueError(
+                f"cannot fingerprint the reference: tensor {name!r} is on the meta device (offloaded or "
+                "partitioned weights); load the reference model fully on one device"
+            )
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        flat = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(flat.view(torch.uint8).numpy())  # hashed through the buffer protocol: no extra copy
+
+
+def _adapter_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict name prefixes of PEFT adapter weights (LoRA A/B, …, and ``modules_to_save`` copies)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import ModulesToSaveWrapper
+    except ImportError:
+        return ()
+    prefixes = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            prefixes += [f"{module_name}.{attr}." for attr in module.adapter_layer_names]
+        elif isinstance(module, ModulesToSaveWrapper):
+            prefixes.append(f"{module_name}.modules_to_save.")
+    return tuple(prefixes)
+
+
+def _hash_tokenizer(tokenizer, digest) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save_pretrained(directory)
+        for path in sorted(Path(directory).rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+
+
+def _hash_token_columns(dataset, digest) -> None:
+    """Hash the token columns' lengths and values (as int64, so the hash does not depend on Arrow's int width)."""
+    for table in _arrow_batches(_shard(dataset, 0, 1)):
+        for column in (PROMPT_COLUMN, RESPONSES_COLUMN):
+            values = table.column(column)
+            while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+                digest.update(pc.list_value_length(values).fill_null(-1).to_numpy().astype(np.int64))
+                values = pc.list_flatten(values)
+            digest.update(values.to_numpy().astype(np.int64))
+
+
+# --- cache file ------------------------------------------------------------------------------------------------
+
+
+def _cache_key(fingerprint: str, reduction: str, adapter_disabled: bool, shard_index: int, num_shards: int) -> str:
+    settings = {"fingerprint": fingerprint, "reduction": reduction, "adapter_disabled": adapter_disabled,
+                "shard_index": shard_index, "num_shards": num_shards}
+    return xxhash.xxh3_128(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _checksum(logps: list[list[float]]) -> str:
+    return xxhash.xxh3_128(json.dumps(logps).encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: str, expected_counts: list[int]) -> list[list[float]] | None:
+    """The cached log-probs if ``path`` holds a complete, matching file; None (with a warning if it exists) else."""
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text())
+        logps = content["logps"]
+        problems = [
+            (content.get("format"), CACHE_FORMAT, "format"),
+            (content.get("version"), CACHE_VERSION, "version"),
+            (content.get("key"), key, "key"),
+            (content.get("num_rows"), len(expected_counts), "num_rows"),
+            ([len(row) for row in logps], expected_counts, "responses per row"),
+            (content.get("checksum"), _checksum(logps), "checksum"),
+        ]
+        wrong = [f"{field} is {found!r:.60}, expected {want!r:.60}" for found, want, field in problems if found != want]
+        if not wrong and not all(math.isfinite(v) for row in logps for v in row):
+            wrong = ["non-finite values"]
+    except (OSError, ValueError, KeyError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        wrong = [f"unreadable ({type(error).__name__}: {error})"]
+    if wrong:
+        logger.warning("ignoring reference log-prob cache %s (%s); recomputing it", path, "; ".join(wrong))
+        return None
+    return logps
+
+
+def _write_cache(path: Path, key: str, logps: list[list[float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key, "num_rows": len(logps),
+               "checksum": _checksum(logps), "logps": logps}
+    # Same directory as the target so os.replace is an atomic rename: readers see the old file or the whole new one.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(content, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+__all__ = [
+    "compute_reference_logps",
+    "load_or_compute_reference_logps",
+    "reference_fingerprint",
+]
