@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LambdaDPOTrainer": "lambda_dpo.trainer",
     "LambdaDPOConfig": "lambda_dpo.trainer",
-    "generate": "lambda_dpo.generate",
+    "generate": "lambda_dpo.generation",
 }
 
 

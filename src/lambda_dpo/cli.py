@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("lambda_dpo.data.cli", "convert any supported preference format to listwise JSONL, with a report"),
     "sft": ("lambda_dpo.sft", "supervised warm-up on the responses (the paper's Finetuned-Base step)"),
     "train": ("lambda_dpo.train_cli", "train with λ-DPO (or a baseline loss) from a YAML config"),
-    "generate": ("lambda_dpo.generate", "generate from a trained model, steered by one or several λ"),
+    "generate": ("lambda_dpo.generation", "generate from a trained model, steered by one or several λ"),
     "eval": ("lambda_dpo.evaluation.cli", "evaluate a trained model: ranking, KL, length bias, controllability"),
     "demo": ("lambda_dpo.demo.cli", "the built-in end-to-end run: train a tiny model and show that λ steers it"),
 }

@@ -1,0 +1,186 @@
+"""λ-steered generation: `lambda_dpo.generate(...)` and `lambda-dpo generate`.
+
+A trained model directory carries `lambda_dpo.json` (dimensions, their order, the conditioning template); generation
+renders λ exactly as training did, puts it in the system message, and samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, parse_lambda, render_lambda, with_conditioning
+
+METADATA_FILE = "lambda_dpo.json"
+LambdaLike = str | Mapping[str, float] | Sequence[float]
+
+
+def load_metadata(model_dir: str) -> dict[str, Any]:
+    """Read `lambda_dpo.json` from a trained model directory (clear error when it is not one)."""
+    path = os.path.join(model_dir, METADATA_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {model_dir} is not a lambda-dpo model directory (train one with `lambda-dpo train`)"
+        )
+    with open(path) as f:
+        metadata = json.load(f)
+    metadata.setdefault("conditioning_template", DEFAULT_TEMPLATE)
+    metadata.setdefault("condition_on_lambda", True)
+    return metadata
+
+
+def load_model(model_dir: str, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer, metadata) of a trained directory; LoRA adapter directories load through peft."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lambda_dpo.data import ensure_chat_template
+
+    metadata = load_metadata(model_dir)
+    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer, metadata
+
+
+def _as_lambda_dict(lam: LambdaLike, dimensions: list[str], normalize: bool) -> dict[str, float]:
+    if isinstance(lam, str):
+        return parse_lambda(lam, dimensions, normalize=normalize)
+    if isinstance(lam, Mapping):
+        text = ",".join(f"{k}={v}" for k, v in lam.items())
+        return parse_lambda(text, dimensions, normalize=normalize)
+    values = [float(v) for v in lam]
+    if len(values) != len(dimensions):
+        raise ValueError(f"λ {values} has {len(values)} values; the model's dimensions are {dimensions}")
+    return parse_lambda(",".join(f"{d}={v}" for d, v in zip(dimensions, values)), dimensions, normalize=normalize)
+
+
+def _is_single(lambdas: Any) -> bool:
+    if isinstance(lambdas, (str, Mapping)):
+        return True
+    return all(isinstance(v, (int, float)) for v in lambdas)
+
+
+def generate(
+    model_dir: str | None,
+    prompt: str,
+    lambdas: LambdaLike | Sequence[LambdaLike],
+    *,
+    model=None,
+    tokenizer=None,
+    metadata: dict[str, Any] | None = None,
+    system: str | None = None,
+    num_return_sequences: int = 1,
+    max_new_tokens: int = 128,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    normalize: bool = False,
+    **gen_kwargs,
+) -> list[str] | list[list[str]]:
+    """Generate responses to ``prompt`` steered by λ.
+
+    Args:
+        model_dir: a directory written by `lambda-dpo train` (or None when ``model``, ``tokenizer`` and
+            ``metadata`` are given, e.g. to reuse a loaded model).
+        lambdas: one λ — ``"helpfulness=0.7,honesty=0.3"``, a mapping, or weights in the model's dimension order —
+            or a list of several.
+        normalize: rescale λ to sum to 1 instead of rejecting it.
+
+    Returns:
+        For one λ, ``num_return_sequences`` strings; for several, one such list per λ (in order).
+    """
+    import torch
+
+    from lambda_dpo.data import encode_prompt
+
+    if model is None or tokenizer is None or metadata is None:
+        model, tokenizer, metadata = load_model(model_dir)
+    single = _is_single(lambdas)
+    lambda_list = [lambdas] if single else list(lambdas)
+    dimensions = metadata["dimensions"]
+    prompts = []
+    for lam in lambda_list:
+        weights = _as_lambda_dict(lam, dimensions, normalize)
+        text = render_lambda(weights, dimensions, metadata["conditioning_template"])
+        system_text = with_conditioning(system, text) if metadata["condition_on_lambda"] else (system or "")
+        ids = encode_prompt(tokenizer, [{"role": "user", "content": prompt}], system_text)
+        prompts.extend([ids] * num_return_sequences)
+    # Left padding so that every row's generation starts right after its own prompt.
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
+            do_sample=do_sample, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling, **gen_kwargs,
+        )
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    texts = [t.strip() for t in texts]
+    grouped = [texts[i * num_return_sequences:(i + 1) * num_return_sequences] for i in range(len(lambda_list))]
+    return grouped[0] if single else grouped
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="the user prompt")
+    parser.add_argument("--model", required=True, help="a model directory written by `lambda-dpo train`")
+    parser.add_argument("--lambda", dest="lambdas", action="append", required=True, metavar="NAME=W,…",
+                        help="preference weights, e.g. helpfulness=0.7,honesty=0.3 (repeat to compare several)")
+    parser.add_argument("--normalize", action="store_true", help="rescale λ to sum to 1 instead of rejecting it")
+    parser.add_argument("--system", default=None, help="extra system text after the λ line")
+    parser.add_argument("--num-samples", type=int, default=1, help="responses per λ")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of columns")
+
+
+def format_side_by_side(headers: list[str], columns: list[list[str]], width: int | None = None) -> str:
+    """Lay out one column of texts per λ, wrapped to the terminal width."""
+    width = width or shutil.get_terminal_size((120, 20)).columns
+    col = max(20, (width - 3 * (len(headers) - 1)) // len(headers))
+    blocks = []
+    for h, texts in zip(headers, columns):
+        lines = textwrap.wrap(h, col) + ["-" * col]
+        for i, t in enumerate(texts):
+            if i:
+                lines.append("")
+            lines.extend(textwrap.wrap(t, col) or ["(empty)"])
+        blocks.append(lines)
+    height = max(len(b) for b in blocks)
+    rows = [" | ".join(b[i].ljust(col) if i < len(b) else " " * col for b in blocks).rstrip() for i in range(height)]
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer, metadata = load_model(args.model, device=args.device)
+    try:
+        parsed = [_as_lambda_dict(text, metadata["dimensions"], args.normalize) for text in args.lambdas]
+    except ValueError as e:
+        raise SystemExit(f"lambda-dpo generate: {e}") from None
+    outputs = generate(None, args.prompt, parsed, model=model, tokenizer=tokenizer, metadata=metadata,
+                       system=args.system, num_return_sequences=args.num_samples,
+                       max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    headers = [render_lambda(p, metadata["dimensions"], "λ: {weights}") for p in parsed]
+    if args.json:
+        print(json.dumps([{"lambda": p, "responses": o} for p, o in zip(parsed, outputs)], indent=2))
+    else:
+        print(format_side_by_side(headers, outputs))
+    return 0

@@ -1,0 +1,140 @@
+"""`lambda-dpo train CONFIG.yaml [--key value …]`: λ-DPO (or a baseline) from a YAML config.
+
+The YAML keys are `LambdaDPOConfig` fields; command-line options override them (both go through
+`transformers.HfArgumentParser`, so types, choices and help texts are the same everywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("lambda_dpo")
+
+
+def _yaml_to_argv(config: dict[str, Any], source: str) -> list[str]:
+    argv: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def parse_config(config_path: str | None, overrides: list[str]):
+    """A `LambdaDPOConfig` from a YAML file plus command-line overrides (overrides win)."""
+    from transformers import HfArgumentParser
+
+    from lambda_dpo.trainer import LambdaDPOConfig
+
+    argv: list[str] = []
+    if config_path:
+        try:
+            with open(config_path) as f:
+                config = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise SystemExit(f"lambda-dpo train: config file {config_path} not found") from None
+        except yaml.YAMLError as e:
+            raise SystemExit(f"lambda-dpo train: {config_path} is not valid YAML: {e}") from None
+        if not isinstance(config, dict):
+            raise SystemExit(f"lambda-dpo train: {config_path} must be a mapping of LambdaDPOConfig fields")
+        known = set(LambdaDPOConfig.__dataclass_fields__)
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise SystemExit(f"lambda-dpo train: {config_path}: unknown key(s) {unknown}; "
+                             "see `lambda-dpo train --help` for the fields")
+        argv = _yaml_to_argv(config, config_path)
+    parser = HfArgumentParser(LambdaDPOConfig)
+    (config,) = parser.parse_args_into_dataclasses(args=argv + list(overrides))
+    return config
+
+
+def load_policy(config):
+    """Tokenizer and policy (with LoRA adapters when `use_lora`) for a config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lambda_dpo.data import ensure_chat_template
+
+    if not config.model_name_or_path:
+        raise SystemExit("lambda-dpo train: set model_name_or_path (a local model directory or a hub name)")
+    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(config.model_name_or_path))
+    dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype)
+    if config.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return tokenizer, model
+
+
+def train_from_config(config):
+    """Load data and model, train, save; returns the trainer (its `state.log_history` has the metrics)."""
+    from lambda_dpo.data import load_listwise
+    from lambda_dpo.trainer import LambdaDPOTrainer
+
+    datasets = {}
+    for split, path in (("train", config.dataset), ("eval", config.eval_dataset)):
+        if path is None:
+            continue
+        ds, report = load_listwise(path, format=config.dataset_format, dimensions=config.dimensions,
+                                   strict=config.strict, seed=config.seed, return_report=True)
+        logger.warning("%s data %s: %s", split, path, report.summary())
+        datasets[split] = ds
+    if "train" not in datasets:
+        raise SystemExit("lambda-dpo train: set `dataset` (a listwise file or any SPEC §2 input)")
+    tokenizer, model = load_policy(config)
+    trainer = LambdaDPOTrainer(model=model, args=config, train_dataset=datasets["train"],
+                               eval_dataset=datasets.get("eval"), processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_final()
+    if config.eval_dataset:
+        trainer.evaluate()
+    return trainer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML file of LambdaDPOConfig fields (see configs/)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="--key value pairs overriding the YAML (e.g. --beta 0.2 --max_steps 100); "
+                             "`lambda-dpo train --help-fields` lists every field")
+    parser.add_argument("--help-fields", action="store_true", help="list every config field with its help")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.help_fields:
+        from transformers import HfArgumentParser
+
+        from lambda_dpo.trainer import LambdaDPOConfig
+
+        HfArgumentParser(LambdaDPOConfig).print_help()
+        return 0
+    config_path = args.config
+    overrides = list(args.overrides)
+    if config_path and config_path.startswith("--"):
+        overrides, config_path = [config_path, *overrides], None
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    config = parse_config(config_path, overrides)
+    os.makedirs(config.output_dir, exist_ok=True)
+    trainer = train_from_config(config)
+    print(f"saved the trained model to {config.output_dir}")
+    last = [h for h in trainer.state.log_history if "loss" in h]
+    if last:
+        print(f"final training loss {last[-1]['loss']:.4f} at step {last[-1]['step']}")
+    return 0

@@ -1,0 +1,494 @@
+"""`LambdaDPOConfig` and `LambdaDPOTrainer`: λ-DPO on top of `transformers.Trainer`.
+
+Data flow of one step (DESIGN.md): the collator pads B listwise rows; the step samples λ per prompt from the
+schedule, renders the λ-conditioned prompt (SPEC §1), flattens B prompts × k responses into sequences, forwards each
+sequence through the policy exactly once, and hands `[B, k]` log-probs to a pure loss from `losses.py`. Reference
+log-probs are precomputed once (unconditioned prompt) and travel with the batch.
+
+λ is sampled in the training step, not in the DataLoader's collator: accelerate prefetches one batch ahead, so a
+schedule drawn in the collator would be one draw ahead of the checkpointed state and a resumed run would see
+different λ than an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, render_lambda, with_conditioning
+from lambda_dpo.lambdas import make_schedule
+from lambda_dpo.logprobs import build_sequences, sequence_logps
+from lambda_dpo.losses import LOSSES, per_dimension_metrics
+from lambda_dpo.targets import mix_targets, target_probs_from_scores
+
+METADATA_FILE = "lambda_dpo.json"
+SCHEDULE_STATE_FILE = "lambda_schedule_rank{rank}.pt"
+
+CHOICES = {
+    "loss": tuple(LOSSES),
+    "lambda_schedule": ("fixed", "unimodal", "uniform", "dirichlet", "gaussian", "learned"),
+    "logprob_reduction": ("mean", "sum"),
+    "reference": ("model", "adapter-disabled", "none"),
+    "lambda_sampling": ("prompt", "batch"),
+    "pairwise_weighting": ("gap", "uniform"),
+}
+
+
+@dataclass
+class LambdaDPOConfig(TrainingArguments):
+    """Every λ-DPO knob, on top of `transformers.TrainingArguments` (so `output_dir`, `learning_rate`,
+    `per_device_train_batch_size`, `max_steps`, `seed`, … keep their usual names and meanings)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Policy model: a local directory or a hub name."})
+    dataset: str | None = field(default=None, metadata={"help": "Training data: any SPEC §2 input (file or hub name)."})
+    dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
+    strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
+    dimensions: list[str] | None = field(
+        default=None, metadata={"help": "Preference dimensions, in order (default: the data's dimensions)."}
+    )
+    loss: str = field(default="listwise", metadata={"help": "listwise | dpo | pairwise | plackett_luce"})
+    pairwise_weighting: str = field(
+        default="gap", metadata={"help": "Pair confidence for loss=pairwise: gap (of the mixed target) | uniform. "
+                                       "Per-pair weights from data go through losses.pairwise_loss directly."}
+    )
+    lambda_schedule: str = field(
+        default="uniform", metadata={"help": "fixed | unimodal | uniform | dirichlet | gaussian | learned"}
+    )
+    lambda_schedule_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": 'Options of the schedule as JSON, e.g. {"weights": "helpfulness=0.5,honesty=0.5"} '
+                  'for fixed, {"alpha": 0.5} for dirichlet, {"mu": 0.0, "sigma": 1.0} for gaussian.'},
+    )
+    lambda_sampling: str = field(default="prompt", metadata={"help": "Draw λ per prompt or once per batch."})
+    condition_on_lambda: bool = field(
+        default=True,
+        metadata={"help": "Show λ to the policy in the system message (needed for steering; false = a control)."},
+    )
+    conditioning_template: str = field(
+        default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line; must contain {weights}."}
+    )
+    beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·(ℓ_θ − ℓ_ref)."})
+    tau: float = field(default=1.0, metadata={"help": "τ: temperature of the targets softmax(s/τ)."})
+    logprob_reduction: str = field(default="mean", metadata={"help": "Reduce response-token log-probs: mean | sum"})
+    reference: str = field(
+        default="model",
+        metadata={"help": "model (a frozen copy) | adapter-disabled (LoRA base) | none (reference-free)"},
+    )
+    reference_model: str | None = field(
+        default=None, metadata={"help": "Reference model path (default: model_name_or_path)."}
+    )
+    precompute_reference: bool = field(
+        default=True, metadata={"help": "Compute reference log-probs once before training (cached on disk)."}
+    )
+    reference_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where reference log-probs are cached (default: <output_dir>/reference_cache)."}
+    )
+    logprob_chunk_size: int = field(
+        default=128, metadata={"help": "Positions per lm_head chunk when computing log-probs (memory vs speed)."}
+    )
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Max prompt tokens incl. the λ line (default: max_length // 2)."}
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt (default: all linear layers)."}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "Save merged weights instead of the adapter."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for λ-DPO."})
+
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "lambda_schedule_kwargs"]
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        if isinstance(self.lambda_schedule_kwargs, str):
+            self.lambda_schedule_kwargs = json.loads(self.lambda_schedule_kwargs) if self.lambda_schedule_kwargs else {}
+        if self.beta <= 0 or self.tau <= 0:
+            raise ValueError(f"beta and tau must be > 0 (got beta={self.beta}, tau={self.tau})")
+        if self.reference == "adapter-disabled" and not self.use_lora:
+            raise ValueError("reference=adapter-disabled needs use_lora=true (the reference is the LoRA base model)")
+        if "{weights}" not in self.conditioning_template:
+            raise ValueError(f"conditioning_template {self.conditioning_template!r} must contain {{weights}}")
+        if self.max_prompt_length is None:
+            self.max_prompt_length = self.max_length // 2
+        self.remove_unused_columns = False
+
+    def lambda_dpo_settings(self) -> dict[str, Any]:
+        """The λ-DPO part of the config (what `lambda_dpo.json` records next to the model)."""
+        base = {f.name for f in TrainingArguments.__dataclass_fields__.values()}
+        return {k: v for k, v in asdict(self).items() if k not in base and not k.startswith("_")}
+
+
+class ListwiseCollator:
+    """Pads B tokenised listwise rows (k may differ per row) into a batch.
+
+    Returns tensors ``scores [B, m, k_max]`` (NaN = missing or padding), ``response_mask [B, k_max]``,
+    ``reference_logps [B, k_max]`` (when precomputed) and the per-row python lists the step needs to render the
+    λ-conditioned prompt (`prompt`, `system`, `prompt_input_ids`, `response_input_ids`, `id`).
+    """
+
+    def __init__(self, dimensions: list[str]):
+        self.dimensions = list(dimensions)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        k_max = max(len(r["response_input_ids"]) for r in rows)
+        batch_size, m = len(rows), len(self.dimensions)
+        scores = torch.full((batch_size, m, k_max), math.nan)
+        response_mask = torch.zeros(batch_size, k_max, dtype=torch.bool)
+        for b, row in enumerate(rows):
+            k = len(row["response_input_ids"])
+            response_mask[b, :k] = True
+            for d, name in enumerate(self.dimensions):
+                values = (row["scores"] or {}).get(name) or []
+                scores[b, d, : len(values)] = torch.tensor([math.nan if v is None else v for v in values])
+        batch = {
+            "scores": scores,
+            "response_mask": response_mask,
+            "id": [row["id"] for row in rows],
+            "prompt": [row["prompt"] for row in rows],
+            "system": [row.get("system") or "" for row in rows],
+            "prompt_input_ids": [row["prompt_input_ids"] for row in rows],
+            "response_input_ids": [row["response_input_ids"] for row in rows],
+        }
+        if "reference_logps" in rows[0]:
+            reference = torch.zeros(batch_size, k_max)
+            for b, row in enumerate(rows):
+                reference[b, : len(row["reference_logps"])] = torch.tensor(row["reference_logps"])
+            batch["reference_logps"] = reference
+        return batch
+
+
+class LambdaDPOTrainer(Trainer):
+    """A `transformers.Trainer` that optimises the λ-weighted listwise DPO loss (or a baseline from `losses.py`).
+
+    Args:
+        model: the policy (a `PreTrainedModel`, or a `PeftModel` when `args.use_lora`).
+        args: a `LambdaDPOConfig`.
+        train_dataset / eval_dataset: listwise datasets from `lambda_dpo.data.load_listwise` (tokenised here if
+            they have no `prompt_input_ids` column).
+        processing_class: the tokenizer.
+        ref_model: the reference model for `reference: model` (default: loaded from `args.reference_model` or
+            `args.model_name_or_path`); it is only kept in memory when `precompute_reference` is False.
+    """
+
+    def __init__(self, model, args: LambdaDPOConfig, train_dataset=None, eval_dataset=None, processing_class=None,
+                 ref_model=None, callbacks=None, **kwargs):
+        from lambda_dpo.data import dataset_dimensions, ensure_chat_template
+
+        if processing_class is None:
+            raise ValueError("LambdaDPOTrainer needs the tokenizer: pass processing_class=tokenizer")
+        tokenizer = ensure_chat_template(processing_class)
+        self.dimensions = list(args.dimensions or dataset_dimensions(train_dataset))
+        if not self.dimensions:
+            raise ValueError("no preference dimensions: set `dimensions` or give data with `scores`")
+        args.dimensions = self.dimensions
+        self.ref_model = None
+        train_dataset = self._prepare_dataset(train_dataset, tokenizer, args)
+        eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args) if eval_dataset is not None else None
+
+        rank = int(os.environ.get("RANK", 0))
+        self.schedule = make_schedule(args.lambda_schedule, self.dimensions, seed=args.seed + rank,
+                                      **(args.lambda_schedule_kwargs or {}))
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_counts: dict[str, float] = defaultdict(float)
+        self._tokens_since_log = 0
+        self._time_of_last_log = time.perf_counter()
+
+        if args.reference != "none":
+            train_dataset, eval_dataset = self._attach_reference(model, ref_model, tokenizer, args,
+                                                                 train_dataset, eval_dataset)
+        callbacks = [*(callbacks or []), MetricsFileCallback()]
+        super().__init__(model=model, args=args, data_collator=ListwiseCollator(self.dimensions),
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                         callbacks=callbacks, **kwargs)
+        # compute_loss returns a per-step mean, so the Trainer must scale it for gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
+        if self.ref_model is not None:
+            self.ref_model.to(self.args.device)
+
+    # ---------------------------------------------------------------- data and reference
+    def _prepare_dataset(self, dataset, tokenizer, args):
+        from lambda_dpo.data import tokenize_listwise
+
+        if dataset is None or "prompt_input_ids" in dataset.column_names:
+            return dataset
+        return tokenize_listwise(dataset, tokenizer, max_length=args.max_length,
+                                 max_prompt_length=args.max_prompt_length)
+
+    def _reference_settings(self, args) -> dict[str, Any]:
+        return {"reference": args.reference, "reduction": args.logprob_reduction, "max_length": args.max_length,
+                "max_prompt_length": args.max_prompt_length}
+
+    def _attach_reference(self, model, ref_model, tokenizer, args, train_dataset, eval_dataset):
+        from transformers import AutoModelForCausalLM
+
+        from lambda_dpo.reference import load_or_compute_reference_logps, reference_fingerprint
+
+        adapter_disabled = args.reference == "adapter-disabled"
+        if adapter_disabled:
+            ref_model = model
+        elif ref_model is None:
+            path = args.reference_model or args.model_name_or_path
+            if path is None:
+                raise ValueError("reference=model needs ref_model=…, reference_model or model_name_or_path")
+            ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=model.dtype)
+        if not args.precompute_reference:
+            self.ref_model = None if adapter_disabled else ref_model.eval().requires_grad_(False)
+            return train_dataset, eval_dataset
+        device = "cuda" if torch.cuda.is_available() else ("cpu" if args.use_cpu else None)
+        previous_device = next(ref_model.parameters()).device
+        if device is not None:
+            ref_model.to(device)
+        cache_dir = args.reference_cache_dir or os.path.join(args.output_dir, "reference_cache")
+        out = []
+        for dataset in (train_dataset, eval_dataset):
+            if dataset is None:
+                out.append(None)
+                continue
+            fingerprint = reference_fingerprint(ref_model, tokenizer, dataset, self._reference_settings(args),
+                                                adapter_disabled=adapter_disabled)
+            logps, _ = load_or_compute_reference_logps(
+                ref_model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=tokenizer.pad_token_id,
+                reduction=args.logprob_reduction, batch_size=args.per_device_eval_batch_size,
+                chunk_size=args.logprob_chunk_size, adapter_disabled=adapter_disabled,
+                show_progress=not args.disable_tqdm,
+            )
+            if "reference_logps" in dataset.column_names:
+                dataset = dataset.remove_columns("reference_logps")
+            out.append(dataset.add_column("reference_logps", logps))
+        ref_model.to(previous_device)
+        return out[0], out[1]
+
+    # ---------------------------------------------------------------- the step
+    def _policy_prompts(self, inputs, lambdas: torch.Tensor) -> list[list[int]]:
+        """Prompt token ids the policy sees: the λ line goes into the system message (SPEC §1)."""
+        from lambda_dpo.data import encode_prompt
+
+        args = self.args
+        if not args.condition_on_lambda:
+            return inputs["prompt_input_ids"]
+        return [
+            encode_prompt(self.processing_class, messages,
+                          with_conditioning(system, render_lambda(lam, self.dimensions, args.conditioning_template)),
+                          max_prompt_tokens=args.max_prompt_length)
+            for messages, system, lam in zip(inputs["prompt"], inputs["system"], lambdas)
+        ]
+
+    def _listwise_logps(self, model, prompts: list[list[int]], responses: list[list[list[int]]],
+                        response_mask: torch.Tensor, grad: bool) -> tuple[torch.Tensor, int]:
+        """Forward B × k sequences once; returns log-probs ``[B, k_max]`` (0 at padding) and the token count."""
+        flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
+        flat_responses = [r for rs in responses for r in rs]
+        seq = build_sequences(flat_prompts, flat_responses, self.processing_class.pad_token_id)
+        device = response_mask.device
+        seq = {k: v.to(device) for k, v in seq.items()}
+        with torch.set_grad_enabled(grad):
+            flat = sequence_logps(model, seq["input_ids"], seq["attention_mask"], seq["response_mask"],
+                                  reduction=self.args.logprob_reduction, chunk_size=self.args.logprob_chunk_size,
+                                  checkpoint=grad).logps
+        logps = torch.zeros(response_mask.shape, dtype=flat.dtype, device=device)
+        logps = logps.masked_scatter(response_mask, flat)
+        return logps, int(seq["attention_mask"].sum())
+
+    def _reference_logps(self, inputs, response_mask) -> torch.Tensor:
+        if self.args.reference == "none":
+            return torch.zeros(response_mask.shape, device=response_mask.device)
+        if "reference_logps" in inputs:
+            return inputs["reference_logps"].to(response_mask.device)
+        model = self.ref_model if self.ref_model is not None else self.model
+        if self.args.reference == "adapter-disabled":
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                return self._listwise_logps(model, inputs["prompt_input_ids"], inputs["response_input_ids"],
+                                            response_mask, grad=False)[0]
+        return self._listwise_logps(model, inputs["prompt_input_ids"], inputs["response_input_ids"],
+                                    response_mask, grad=False)[0]
+
+    def _sample_lambdas(self, batch_size: int) -> torch.Tensor:
+        if self.args.lambda_sampling == "batch":
+            return self.schedule.sample(1).expand(batch_size, -1)
+        return self.schedule.sample(batch_size)
+
+    def lambda_loss(self, model, inputs, lambdas: torch.Tensor, grad: bool = True):
+        """Loss (mean over prompts with signal) and detached per-dimension metrics of one batch under ``lambdas``."""
+        response_mask = inputs["response_mask"]
+        lambdas = lambdas.to(response_mask.device)
+        policy, num_tokens = self._listwise_logps(model, self._policy_prompts(inputs, lambdas),
+                                                  inputs["response_input_ids"], response_mask, grad)
+        reference = self._reference_logps(inputs, response_mask)
+        target_probs, dimension_mask = target_probs_from_scores(inputs["scores"], self.args.tau, response_mask)
+        loss_kwargs = {"weighting": self.args.pairwise_weighting} if self.args.loss == "pairwise" else {}
+        per_prompt = LOSSES[self.args.loss](policy, reference, target_probs, lambdas, self.args.beta,
+                                            response_mask=response_mask, dimension_mask=dimension_mask, **loss_kwargs)
+        has_signal = mix_targets(target_probs, lambdas, dimension_mask).sum(-1) > 0
+        loss = per_prompt.sum() / has_signal.sum().clamp_min(1)
+        with torch.no_grad():
+            metrics = per_dimension_metrics(policy, reference, target_probs, self.args.beta,
+                                            response_mask=response_mask, dimension_mask=dimension_mask)
+            log_ratio = (policy - reference)[response_mask]
+        stats = {"kl_proxy": (log_ratio.mean().item(), 1), "tokens": num_tokens}
+        for d, name in enumerate(self.dimensions):
+            stats[f"loss/{name}"] = (float(metrics["loss"][d]), float(metrics["prompt_count"][d]))
+            for key in ("accuracy", "margin"):
+                stats[f"{key}/{name}"] = (float(metrics[key][d]), float(metrics["count"][d]))
+            stats[f"lambda/{name}"] = (float(lambdas[:, d].mean()), 1)
+        return loss, stats
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        lambdas = self._sample_lambdas(inputs["response_mask"].shape[0])
+        loss, stats = self.lambda_loss(model, inputs, lambdas)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}; record ids in this batch: "
+                f"{inputs['id']}. Check those records' scores, lower the learning rate, or use logprob_reduction=mean."
+            )
+        self._accumulate(stats)
+        return (loss, {}) if return_outputs else loss
+
+    def _accumulate(self, stats: dict[str, Any]) -> None:
+        self._tokens_since_log += stats.pop("tokens")
+        for key, (value, count) in stats.items():
+            if count > 0 and math.isfinite(value):
+                self._metric_sums[key] += value * count
+                self._metric_counts[key] += count
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the metrics gathered since the last one
+            for key, total in self._metric_sums.items():
+                logs[key] = total / self._metric_counts[key]
+            now = time.perf_counter()
+            logs["tokens_per_second"] = self._tokens_since_log / max(now - self._time_of_last_log, 1e-9)
+            self._time_of_last_log, self._tokens_since_log = now, 0
+            self._metric_sums.clear()
+            self._metric_counts.clear()
+        super().log(logs, start_time)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Per-dimension held-out metrics of the λ-conditioned policy: for each dimension d, the policy is
+        conditioned on the one-hot λ = e_d and scored on d (loss, ranking accuracy, margin); `eval_loss` is the
+        λ-DPO loss at the centre of the simplex."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset")
+        model = self.model
+        was_training = model.training
+        model.eval()
+        m = len(self.dimensions)
+        probes = {"centre": torch.full((m,), 1.0 / m)} | {d: torch.eye(m)[i] for i, d in enumerate(self.dimensions)}
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, float] = defaultdict(float)
+        for inputs in self.get_eval_dataloader(dataset):
+            inputs = self._prepare_inputs(inputs)
+            batch_size = inputs["response_mask"].shape[0]
+            for probe, lam in probes.items():
+                loss, stats = self.lambda_loss(model, inputs, lam.expand(batch_size, -1), grad=False)
+                if probe == "centre":
+                    sums["loss"] += loss.item() * batch_size
+                    counts["loss"] += batch_size
+                    continue
+                for key in ("loss", "accuracy", "margin"):
+                    value, count = stats[f"{key}/{probe}"]
+                    if count > 0 and math.isfinite(value):
+                        sums[f"{key}/{probe}"] += value * count
+                        counts[f"{key}/{probe}"] += count
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": sums[k] / counts[k] for k in sums}
+        accuracies = [v for k, v in metrics.items() if "accuracy/" in k]
+        if accuracies:
+            metrics[f"{metric_key_prefix}_accuracy_worst"] = min(accuracies)
+            metrics[f"{metric_key_prefix}_accuracy_mean"] = sum(accuracies) / len(accuracies)
+        self.schedule.update(self.state.global_step, {
+            key: torch.tensor([metrics.get(f"{metric_key_prefix}_{key}/{d}", math.nan) for d in self.dimensions])
+            for key in ("loss", "accuracy")
+        })
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ---------------------------------------------------------------- saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        write_metadata(output_dir, self.dimensions, self.args)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        path = os.path.join(folder, SCHEDULE_STATE_FILE.format(rank=self.args.process_index))
+        _atomic_torch_save(self.schedule.state_dict(), path)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint-* folder")
+        if resume_from_checkpoint:
+            path = os.path.join(resume_from_checkpoint, SCHEDULE_STATE_FILE.format(rank=self.args.process_index))
+            if os.path.exists(path):
+                self.schedule.load_state_dict(torch.load(path, weights_only=False))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def save_final(self, output_dir: str | None = None, merge: bool | None = None) -> str:
+        """Save the trained model for use: HF model dir (safetensors), tokenizer, `lambda_dpo.json`; LoRA adapters
+        are saved as an adapter, or merged into the base weights when ``merge`` (default `args.merge_lora`)."""
+        output_dir = output_dir or self.args.output_dir
+        merge = self.args.merge_lora if merge is None else merge
+        model = self.accelerator.unwrap_model(self.model)
+        if merge and hasattr(model, "merge_and_unload"):
+            if self.args.should_save:
+                merged = model.merge_and_unload()
+                merged.save_pretrained(output_dir)
+                self.processing_class.save_pretrained(output_dir)
+                write_metadata(output_dir, self.dimensions, self.args)
+                self.model = merged
+        else:
+            self.save_model(output_dir)
+        return output_dir
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log entry (training and evaluation) to `<output_dir>/metrics.jsonl` on the main process."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig) -> None:
+    """Write `lambda_dpo.json`: what generation needs to render λ exactly as training did, plus the settings."""
+    metadata = {
+        "format_version": 1,
+        "dimensions": list(dimensions),
+        "conditioning_template": args.conditioning_template,
+        "condition_on_lambda": args.condition_on_lambda,
+        "training": json.loads(json.dumps(args.lambda_dpo_settings(), default=str)),
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = os.path.join(output_dir, f".{METADATA_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(metadata, f, indent=2)
+    os.replace(tmp, os.path.join(output_dir, METADATA_FILE))
+
+
+def _atomic_torch_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
