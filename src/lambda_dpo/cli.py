@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"lambda-dpo {name}", description=available[name][1])
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
+    from lambda_dpo.data.records import DataError
+
     try:
         return int(module.run(args) or 0)
+    except DataError as e:  # bad input: the message names file, line and field; a traceback adds nothing
+        print(f"lambda-dpo {name}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
