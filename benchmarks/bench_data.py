@@ -1,6 +1,6 @@
 """Data pipeline throughput: convert (read + validate + build the Dataset) and tokenise listwise records.
 
-Generates N records (k responses, m dimensions, ~40-word prompts and ~60-word responses) as native listwise
+Generates N records (k responses, m dimensions, 20-60-word prompts, 30-90-word responses) as native listwise
 JSONL, loads them with ``load_listwise`` and tokenises them with the GPT-2 tokenizer in ``tests/data`` and the
 default chat template. Prints a table; writes ``benchmarks/results/bench_data.json``.
 
