@@ -67,6 +67,52 @@ def _is_single(lambdas: Any) -> bool:
     return all(isinstance(v, (int, float)) for v in lambdas)
 
 
+def render_prompt(tokenizer, metadata: dict[str, Any], prompt: str, weights: Mapping[str, float],
+                  system: str | None = None) -> list[int]:
+    """Token ids of the λ-conditioned prompt, rendered exactly as training rendered it."""
+    from lambda_dpo.data import encode_prompt
+
+    if metadata["condition_on_lambda"]:
+        line = render_lambda(weights, metadata["dimensions"], metadata["conditioning_template"])
+        system = with_conditioning(system, line)
+    return encode_prompt(tokenizer, [{"role": "user", "content": prompt}], system or "")
+
+
+def _sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, do_sample: bool, temperature: float,
+            top_p: float, seed: int | None, **gen_kwargs) -> list[str]:
+    import torch
+
+    # Left padding so that every row's generation starts right after its own prompt.
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
+            do_sample=do_sample, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling, **gen_kwargs,
+        )
+    return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+
+
+def sample_responses(model, tokenizer, metadata: dict[str, Any], prompts: list[str], weights: Mapping[str, float],
+                     num_samples: int = 1, *, system: str | None = None, max_new_tokens: int = 128,
+                     do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                     **gen_kwargs) -> list[list[str]]:
+    """``num_samples`` responses to each of several prompts under one λ, in one batch: ``[P][S]`` strings.
+
+    The shape evaluation's controllability analysis asks of a `sample_fn`.
+    """
+    ids = [render_prompt(tokenizer, metadata, p, weights, system) for p in prompts for _ in range(num_samples)]
+    texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                    temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+
 def generate(
     model_dir: str | None,
     prompt: str,
@@ -97,39 +143,18 @@ def generate(
     Returns:
         For one λ, ``num_return_sequences`` strings; for several, one such list per λ (in order).
     """
-    import torch
-
-    from lambda_dpo.data import encode_prompt
-
     if model is None or tokenizer is None or metadata is None:
         model, tokenizer, metadata = load_model(model_dir)
     single = _is_single(lambdas)
     lambda_list = [lambdas] if single else list(lambdas)
-    dimensions = metadata["dimensions"]
-    prompts = []
+    ids = []
     for lam in lambda_list:
-        weights = _as_lambda_dict(lam, dimensions, normalize)
-        text = render_lambda(weights, dimensions, metadata["conditioning_template"])
-        system_text = with_conditioning(system, text) if metadata["condition_on_lambda"] else (system or "")
-        ids = encode_prompt(tokenizer, [{"role": "user", "content": prompt}], system_text)
-        prompts.extend([ids] * num_return_sequences)
-    # Left padding so that every row's generation starts right after its own prompt.
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=do_sample, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling, **gen_kwargs,
-        )
-    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    texts = [t.strip() for t in texts]
-    grouped = [texts[i * num_return_sequences:(i + 1) * num_return_sequences] for i in range(len(lambda_list))]
+        weights = _as_lambda_dict(lam, metadata["dimensions"], normalize)
+        ids.extend([render_prompt(tokenizer, metadata, prompt, weights, system)] * num_return_sequences)
+    texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                    temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
+    n = num_return_sequences
+    grouped = [texts[i * n:(i + 1) * n] for i in range(len(lambda_list))]
     return grouped[0] if single else grouped
 
 

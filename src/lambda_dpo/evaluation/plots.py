@@ -141,3 +141,57 @@ _COLORS = [
     "tab:pink",
     "tab:gray",
 ]
+
+
+def plot_grouped_bars(
+    values: Mapping[str, Mapping[str, tuple[float, float | None]]],
+    path: str | os.PathLike,
+    ylabel: str,
+    title: str = "",
+    baseline: float | None = None,
+) -> Path:
+    """Grouped bar chart: one group per category, one bar per series, ``values[series][category] = (value,
+    error)`` with an error bar of ± error (None or NaN: no bar). ``baseline`` draws a dashed horizontal line
+    (e.g. chance level 0.5). Missing or NaN values leave a gap."""
+    if not values:
+        raise ValueError("nothing to plot: values is empty; pass {series: {category: (value, error)}}")
+    categories = list(dict.fromkeys(c for series in values.values() for c in series))
+    width = 0.8 / len(values)
+    fig = Figure(figsize=(max(4.5, 1.1 * len(categories) * max(1, len(values) / 2) + 1.5), 3.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(categories))
+    for i, ((label, series), color) in enumerate(zip(values.items(), itertools.cycle(_COLORS))):
+        heights = np.array([series.get(c, (np.nan, None))[0] for c in categories], dtype=float)
+        errors = np.array([_or_nan(series.get(c, (np.nan, None))[1]) for c in categories], dtype=float)
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, np.nan_to_num(heights), width, color=color, label=label,
+               yerr=np.where(np.isnan(errors), 0.0, errors), capsize=3)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(x, categories, rotation=20 if max(map(len, categories)) > 12 else 0, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def _or_nan(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def plot_length_bias(points: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike) -> Path:
+    """Per-token log-probability of each held-out response against its length in tokens, one colour per model
+    (``points[label] = (lengths, per_token_logps)``); the legend gives each model's Spearman ρ."""
+    from lambda_dpo.evaluation.metrics import spearman
+
+    if not points:
+        raise ValueError("nothing to plot: points is empty; pass {label: (lengths, per_token_logps)}")
+    fig = Figure(figsize=(5.2, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for (label, (lengths, logps)), color in zip(points.items(), itertools.cycle(_COLORS)):
+        lengths, logps = np.asarray(lengths, float), np.asarray(logps, float)
+        rho = spearman(logps, lengths) if lengths.size >= 2 else float("nan")
+        ax.scatter(lengths, logps, s=12, alpha=0.55, color=color, label=f"{label} (ρ = {rho:.2f})")
+    ax.set_xlabel("response length (tokens)")
+    ax.set_ylabel("per-token log-probability")
+    ax.legend(fontsize="small", title="Spearman ρ(log-prob, length)", title_fontsize="small")
+    return save_figure(fig, path)

@@ -1,0 +1,546 @@
+"""Evaluating trained models (SPEC §4): the pieces ``lambda-dpo eval`` puts together.
+
+- :class:`EvalModel`: a causal LM with its tokenizer and λ-conditioning metadata (a trained λ-DPO directory, a plain
+  Hugging Face model, or the LoRA base of an adapter directory with its adapters disabled).
+- Held-out lists: per-response log-probabilities of the policy under a chosen λ and of the (unconditioned)
+  reference, computed exactly as the trainer does (same prompt rendering, same :mod:`lambda_dpo.logprobs`), turned
+  into implicit rewards ``r = β (ℓ_θ − ℓ_ref)``, ranking metrics, the held-out log-ratio and length bias.
+- Sampled responses: KL(π_θ(·|x, λ) ‖ π_ref(·|x)) by Monte Carlo over exact samples from the policy.
+- Generation for controllability and win rates through :func:`lambda_dpo.generation.sample_responses`.
+- :class:`PerformanceMonitor`: wall time, throughput and peak memory of each phase.
+
+Every log-probability here is the **sum** over response tokens; the mean reduction is ``sum / num_tokens``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, render_lambda, with_conditioning
+from lambda_dpo.evaluation.metrics import kl_estimate, length_bias, ranking_report, spearman, win_rate
+from lambda_dpo.targets import mix_targets, scores_to_tensor, target_probs_from_scores
+
+METADATA_FILE = "lambda_dpo.json"
+MIXED = "λ-mixed"  # the pseudo-dimension of the λ-mixed target Σ_d λ_d p*[d] in ranking reports
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass
+class EvalModel:
+    """A model under evaluation.
+
+    ``metadata`` is the model's ``lambda_dpo.json`` (``dimensions``, ``conditioning_template``,
+    ``condition_on_lambda``, ``training``) or, for a plain model, the same keys with ``condition_on_lambda=False``.
+    ``adapter_disabled`` runs ``model`` with its PEFT adapters off: the LoRA base, used as the reference.
+    """
+
+    label: str
+    path: str
+    model: torch.nn.Module
+    tokenizer: Any
+    metadata: dict[str, Any]
+    adapter_disabled: bool = False
+
+    @property
+    def dimensions(self) -> list[str]:
+        return list(self.metadata["dimensions"])
+
+    @property
+    def conditioned(self) -> bool:
+        return bool(self.metadata.get("condition_on_lambda", True))
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return self.metadata.get("training") or {}
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The model as it is meant to run (adapters off for an adapter-disabled reference)."""
+        from lambda_dpo.reference import _adapters_disabled
+
+        with _adapters_disabled(self.model, self.adapter_disabled):
+            yield
+
+
+def plain_metadata(dimensions: Sequence[str]) -> dict[str, Any]:
+    """Metadata of a model that was not trained with λ conditioning: it sees no λ line."""
+    return {"dimensions": list(dimensions), "conditioning_template": DEFAULT_TEMPLATE,
+            "condition_on_lambda": False, "training": {}}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_eval_model(path: str, label: str, dimensions: Sequence[str] | None = None, device: str | None = None,
+                    tokenizer=None) -> EvalModel:
+    """Load a λ-DPO model directory (with ``lambda_dpo.json``) or a plain causal LM directory.
+
+    A plain model gets :func:`plain_metadata` over ``dimensions``; ``tokenizer`` replaces the directory's own
+    (the reference must read exactly the tokens the policy was trained on).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lambda_dpo.data import ensure_chat_template
+    from lambda_dpo.generation import load_model
+
+    device = device or default_device()
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{label} model directory {path!r} does not exist; evaluation runs offline, so pass a local directory"
+        )
+    try:
+        if os.path.exists(os.path.join(path, METADATA_FILE)):
+            model, own_tokenizer, metadata = load_model(path, device=device)
+        else:
+            if dimensions is None:
+                raise ValueError(f"{path} has no {METADATA_FILE}; the dimensions to evaluate must be given")
+            own_tokenizer = None if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+            metadata = plain_metadata(dimensions)
+    except OSError as error:
+        raise OSError(f"could not load the {label} model from {path}: {error}") from None
+    tokenizer = ensure_chat_template(tokenizer if tokenizer is not None else own_tokenizer)
+    return EvalModel(label, path, model, tokenizer, metadata)
+
+
+def load_reference(policy: EvalModel, path: str | None = None, device: str | None = None) -> EvalModel:
+    """The reference π_ref of ``policy``: ``path`` if given; else, for a LoRA adapter directory (or a run trained
+    with ``reference: adapter-disabled``), the base model with the adapters disabled; else the training
+    settings' ``reference_model`` or ``model_name_or_path``. It always reads the policy's tokenizer."""
+    training = policy.training
+    has_adapters = bool(getattr(policy.model, "_hf_peft_config_loaded", False))
+    if path is None and (has_adapters or training.get("reference") == "adapter-disabled"):
+        if not has_adapters:
+            raise ValueError(
+                f"{policy.path} was trained with reference: adapter-disabled but has no LoRA adapters loaded "
+                "(merged weights?); pass the base model with --reference DIR"
+            )
+        return EvalModel("reference", policy.path, policy.model, policy.tokenizer,
+                         plain_metadata(policy.dimensions), adapter_disabled=True)
+    source = "--reference"
+    if path is None:
+        source = "training.reference_model" if training.get("reference_model") else "training.model_name_or_path"
+        path = training.get("reference_model") or training.get("model_name_or_path")
+    if not path:
+        raise ValueError(
+            f"no reference model for {policy.path}: its {METADATA_FILE} names neither training.reference_model nor "
+            "training.model_name_or_path; pass --reference DIR"
+        )
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"reference model {path!r} (from {source} in {os.path.join(policy.path, METADATA_FILE)}) is not a "
+            "local directory and evaluation runs offline; pass --reference DIR"
+        )
+    reference = load_eval_model(path, "reference", policy.dimensions, device, tokenizer=policy.tokenizer)
+    reference.metadata = plain_metadata(policy.dimensions)
+    vocabulary = reference.model.get_input_embeddings().num_embeddings
+    if vocabulary < len(policy.tokenizer):
+        raise ValueError(
+            f"the reference {path} has {vocabulary} token embeddings but the policy's tokenizer has "
+            f"{len(policy.tokenizer)} tokens; the reference must be the model the policy was trained from"
+        )
+    return reference
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers map every token to the same id (log-probs of one's ids are valid for the other)."""
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
+# ------------------------------------------------------------------------------------------------ held-out lists
+@dataclass
+class Heldout:
+    """Held-out listwise records tokenised for one tokenizer, with their targets as padded arrays.
+
+    ``target_probs [B, m, k]`` (p*[d] = softmax(s[d]/τ) over scored responses), ``dimension_mask [B, m]``,
+    ``response_mask [B, k]`` (False = padding slot of a shorter list), ``num_tokens [B, k]`` (response tokens).
+    """
+
+    dataset: Any  # datasets.Dataset with prompt, system, prompt_input_ids, response_input_ids
+    dimensions: list[str]
+    target_probs: np.ndarray
+    dimension_mask: np.ndarray
+    response_mask: np.ndarray
+    num_tokens: np.ndarray
+
+
+def prepare_heldout(dataset, tokenizer, dimensions: Sequence[str], *, tau: float = 1.0, max_length: int = 1024,
+                    max_prompt_length: int | None = None) -> Heldout:
+    """Tokenise listwise records (:func:`lambda_dpo.data.tokenize_listwise`) and build their targets."""
+    from lambda_dpo.data import tokenize_listwise
+
+    tokenized = tokenize_listwise(dataset, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    responses = tokenized["response_input_ids"]
+    k = max(len(rs) for rs in responses)
+    response_mask = np.array([[j < len(rs) for j in range(k)] for rs in responses])
+    num_tokens = np.array([[len(rs[j]) if j < len(rs) else 0 for j in range(k)] for rs in responses])
+    scores = torch.stack([scores_to_tensor(s or {}, dimensions, k) for s in tokenized["scores"]])
+    target_probs, dimension_mask = target_probs_from_scores(scores, tau, torch.from_numpy(response_mask))
+    return Heldout(tokenized, list(dimensions), target_probs.numpy(), dimension_mask.numpy(), response_mask,
+                   num_tokens)
+
+
+def prompt_ids(model: EvalModel, messages, system: str | None, lambdas: Mapping[str, float] | None,
+               max_prompt_tokens: int | None = None) -> list[int]:
+    """The prompt's token ids as ``model`` sees it: for a λ-conditioned model the λ line goes first in the system
+    message (exactly as the trainer renders it); an unconditioned model (or ``lambdas=None``) sees the prompt alone."""
+    from lambda_dpo.data import encode_prompt
+
+    if model.conditioned and lambdas is not None:
+        line = render_lambda(lambdas, model.dimensions, model.metadata["conditioning_template"])
+        system = with_conditioning(system, line)
+    return encode_prompt(model.tokenizer, messages, system or None, max_prompt_tokens)
+
+
+def response_logps(model: EvalModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]],
+                   *, batch_size: int = 8, chunk_size: int | None = 128, progress: bool = False) -> list[list[float]]:
+    """Summed log-probs ``[row][j]`` of the responses ``responses[row][j]`` after ``prompts[row]`` (no grad).
+
+    Goes through :func:`lambda_dpo.reference.compute_reference_logps` (length-sorted batches, one forward per
+    sequence, :func:`lambda_dpo.logprobs.sequence_logps`), whatever the model's role.
+    """
+    from datasets import Dataset
+
+    from lambda_dpo.reference import PROMPT_COLUMN, RESPONSES_COLUMN, compute_reference_logps
+
+    if not prompts:
+        return []
+    table = Dataset.from_dict({PROMPT_COLUMN: [list(p) for p in prompts],
+                               RESPONSES_COLUMN: [[list(r) for r in rs] for rs in responses]})
+    return compute_reference_logps(
+        model.model, table, pad_token_id=model.tokenizer.pad_token_id, reduction="sum", batch_size=batch_size,
+        chunk_size=chunk_size, adapter_disabled=model.adapter_disabled, show_progress=progress,
+    )
+
+
+def heldout_logps(model: EvalModel, heldout: Heldout, lambdas: Mapping[str, float] | None, *,
+                  max_prompt_length: int | None = None, batch_size: int = 8, chunk_size: int | None = 128,
+                  progress: bool = False) -> np.ndarray:
+    """Summed log-probs ``[B, k]`` (NaN at padding) of every held-out response under ``model`` given λ."""
+    data = heldout.dataset
+    if model.conditioned and lambdas is not None:
+        prompts = [prompt_ids(model, messages, system, lambdas, max_prompt_length)
+                   for messages, system in zip(data["prompt"], data["system"])]
+    else:
+        prompts = data["prompt_input_ids"]
+    rows = response_logps(model, prompts, data["response_input_ids"], batch_size=batch_size,
+                          chunk_size=chunk_size, progress=progress)
+    out = np.full(heldout.response_mask.shape, np.nan)
+    for b, row in enumerate(rows):
+        out[b, : len(row)] = row
+    return out
+
+
+def implicit_rewards(policy_logps: np.ndarray, reference_logps: np.ndarray | None, num_tokens: np.ndarray,
+                     beta: float, reduction: str) -> np.ndarray:
+    """``r = β (ℓ_θ − ℓ_ref)`` ``[B, k]`` from summed log-probs; ``reduction="mean"`` divides each by its token
+    count (as the trainer's ``logprob_reduction``); ``reference_logps=None`` is the reference-free ``ℓ_ref = 0``."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"logprob_reduction must be 'sum' or 'mean', got {reduction!r}")
+    delta = policy_logps - (0.0 if reference_logps is None else reference_logps)
+    if reduction == "mean":
+        delta = delta / np.maximum(num_tokens, 1)
+    return beta * delta
+
+
+def ranking_at_lambda(rewards: np.ndarray, heldout: Heldout, lambdas: Mapping[str, float],
+                      ndcg_k: int | None = None) -> dict[str, dict[str, float]]:
+    """Ranking accuracy, Kendall τ and NDCG@k of ``rewards [B, k]`` against every dimension's target and against
+    the λ-mixed target ``Σ_d λ_d p*[d]`` (key :data:`MIXED`), via :func:`metrics.ranking_report`."""
+    dims = heldout.dimensions
+    batch = rewards.shape[0]
+    weights = torch.tensor([[float(lambdas.get(d, 0.0)) for d in dims]] * batch)
+    target_probs = torch.from_numpy(heldout.target_probs)
+    dimension_mask = torch.from_numpy(heldout.dimension_mask)
+    mixed = mix_targets(target_probs, weights.to(target_probs.dtype), dimension_mask)  # [B, k]
+    # A mixed target ranks something only where at least two responses carry weight.
+    mixed_mask = (mixed > 0).sum(-1) >= 2
+    all_targets = torch.cat([target_probs, mixed.unsqueeze(1)], dim=1)
+    all_masks = torch.cat([dimension_mask, mixed_mask.unsqueeze(1)], dim=1)
+    return ranking_report(rewards, all_targets, [*dims, MIXED], heldout.response_mask, all_masks, ndcg_k)
+
+
+def heldout_log_ratio(policy_logps: np.ndarray, reference_logps: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Mean and standard error of ``log π_θ(y|x,λ) − log π_ref(y|x)`` over the held-out responses.
+
+    The responses come from the data, not from π_θ, so this is not an unbiased KL (it can be negative); it says
+    how far the policy moved on the data it was trained to rank. Same arithmetic as :func:`metrics.kl_estimate`.
+    """
+    policy, reference = policy_logps[mask][:, None], reference_logps[mask][:, None]
+    mean, stderr = kl_estimate(policy, reference, np.ones_like(policy, dtype=bool))
+    return {"mean": mean, "stderr": stderr, "num_responses": int(mask.sum())}
+
+
+def length_bias_report(logps: np.ndarray, num_tokens: np.ndarray, mask: np.ndarray,
+                       rewards: np.ndarray | None = None) -> dict[str, float]:
+    """Spearman ρ with the response length in tokens of: the per-token log-prob (``logp_mean``), the sequence
+    log-prob (``logp_sum``, negative by construction: every token costs log-probability) and, when given, the
+    implicit reward (``reward``: > 0 means longer responses are ranked higher)."""
+    lengths = num_tokens[mask].astype(float)
+    report = {
+        "logp_mean": length_bias(logps[mask] / np.maximum(lengths, 1), lengths),
+        "logp_sum": length_bias(logps[mask], lengths),
+    }
+    if rewards is not None:
+        report["reward"] = spearman(rewards[mask], lengths)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ sampling and KL
+@dataclass
+class GenerationPrompt:
+    """A single-turn prompt for generation: the user text and the record's own system text (may be empty)."""
+
+    text: str
+    system: str = ""
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.text}]
+
+
+def generation_prompts(dataset, limit: int) -> tuple[list[GenerationPrompt], int]:
+    """Up to ``limit`` distinct single-turn prompts of a listwise dataset, and how many multi-turn ones were
+    skipped (generation, scorers and win rates take one user message)."""
+    prompts, seen, skipped = [], set(), 0
+    for messages, system in zip(dataset["prompt"], dataset["system"]):
+        if len(messages) != 1 or messages[0]["role"] != "user":
+            skipped += 1
+            continue
+        key = (messages[0]["content"], system or "")
+        if key not in seen and len(prompts) < limit:
+            seen.add(key)
+            prompts.append(GenerationPrompt(*key))
+    return prompts, skipped
+
+
+def sample_response_ids(model: EvalModel, prompts: Sequence[Sequence[int]], num_samples: int, *,
+                        max_new_tokens: int, batch_size: int = 8, seed: int = 0) -> list[list[int]]:
+    """Exact samples ``y ~ π(·|prompt)``: ``num_samples`` token-id lists per prompt (prompt-major), each cut after
+    its end-of-sequence token (kept: it is a response token) or at ``max_new_tokens``.
+
+    Pure ancestral sampling (temperature 1, no top-k / top-p): a Monte Carlo KL needs samples of π itself. Token
+    ids are kept as sampled, never decoded and re-encoded, which could change them.
+    """
+    rows = [list(p) for p in prompts for _ in range(num_samples)]
+    pad, eos = model.tokenizer.pad_token_id, model.tokenizer.eos_token_id
+    device = next(model.model.parameters()).device
+    torch.manual_seed(seed)
+    samples = []
+    with torch.no_grad(), model.active():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(r) for r in batch)
+            # Left padding: every row continues right after its own prompt.
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
+            out = model.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=True,
+                temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
+                pad_token_id=pad, eos_token_id=eos,
+            )
+            for row in out[:, width:].tolist():
+                samples.append(row[: row.index(eos) + 1] if eos in row else row)
+    return samples
+
+
+def sampled_kl(policy: EvalModel, reference: EvalModel, prompts: Sequence[GenerationPrompt],
+               lambdas: Mapping[str, float] | None, *, num_samples: int, max_new_tokens: int,
+               max_prompt_length: int | None = None, batch_size: int = 8, chunk_size: int | None = 128,
+               seed: int = 0) -> dict[str, float]:
+    """KL(π_θ(·|x, λ) ‖ π_ref(·|x)) in nats per response, by Monte Carlo over exact samples of the policy.
+
+    For each prompt, ``num_samples`` responses are sampled from the λ-conditioned policy; ``k = ℓ_θ(y|x,λ) −
+    ℓ_ref(y|x)`` (summed over tokens) is an unbiased single-sample estimate of the KL, and
+    :func:`metrics.kl_estimate` gives the mean and its standard error. The reference sees the unconditioned
+    prompt, as in training. Needs both models to share the tokenizer's vocabulary.
+    """
+    policy_prompts = [prompt_ids(policy, p.messages, p.system, lambdas, max_prompt_length) for p in prompts]
+    reference_prompts = [prompt_ids(reference, p.messages, p.system, None, max_prompt_length) for p in prompts]
+    samples = sample_response_ids(policy, policy_prompts, num_samples, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, seed=seed)
+    repeat = [i for i in range(len(prompts)) for _ in range(num_samples)]
+    kwargs = {"batch_size": batch_size, "chunk_size": chunk_size}
+    policy_logps = response_logps(policy, [policy_prompts[i] for i in repeat], [[s] for s in samples], **kwargs)
+    reference_logps = response_logps(reference, [reference_prompts[i] for i in repeat], [[s] for s in samples],
+                                     **kwargs)
+    policy_logps, reference_logps = np.array(policy_logps), np.array(reference_logps)  # [N, 1]
+    mean, stderr = kl_estimate(policy_logps, reference_logps, np.ones_like(policy_logps, dtype=bool))
+    lengths = [len(s) for s in samples]
+    return {"mean": mean, "stderr": stderr, "num_samples": len(samples),
+            "mean_response_tokens": float(np.mean(lengths)), "tokens": int(sum(lengths))}
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are generated for controllability and win rates (passed to ``generation.generate``)."""
+
+    num_samples: int = 1
+    max_new_tokens: int = 64
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+def generate_responses(model: EvalModel, prompts: Sequence[GenerationPrompt], lambdas: Mapping[str, float],
+                       settings: GenerationSettings, seed_offset: int = 0) -> list[list[str]]:
+    """``[P][S]`` responses of ``model`` under λ (ignored by an unconditioned model) through
+    :func:`lambda_dpo.generation.sample_responses`, the path of ``lambda-dpo generate``: one batch per distinct
+    system text, seeded with ``seed + seed_offset`` so runs repeat."""
+    from lambda_dpo.generation import sample_responses
+
+    out: list[list[str] | None] = [None] * len(prompts)
+    by_system: dict[str, list[int]] = {}
+    for p, prompt in enumerate(prompts):
+        by_system.setdefault(prompt.system, []).append(p)
+    with model.active():
+        for system, indices in by_system.items():
+            texts = sample_responses(
+                model.model, model.tokenizer, model.metadata, [prompts[p].text for p in indices], dict(lambdas),
+                settings.num_samples, system=system or None, max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
+                seed=settings.seed + seed_offset,
+            )
+            for p, samples in zip(indices, texts):
+                out[p] = samples
+    return out
+
+
+def score_responses(scorer, prompts: Sequence[GenerationPrompt], responses: Sequence[Sequence[str]],
+                    dimensions: Sequence[str]) -> np.ndarray:
+    """Scores ``[P, S, m]`` of ``responses [P][S]`` on ``dimensions`` by ``scorer`` (one batched call)."""
+    flat_prompts = [p.text for p, samples in zip(prompts, responses) for _ in samples]
+    flat = [r for samples in responses for r in samples]
+    scored = scorer.score_batch(flat_prompts, flat)
+    missing = sorted({d for s in scored for d in dimensions if d not in s})
+    if missing:
+        raise ValueError(
+            f"the scorer ({getattr(scorer, 'description', scorer)}) returned no score for {missing}; it must "
+            f"score every dimension of the model {list(dimensions)}"
+        )
+    values = np.array([[s[d] for d in dimensions] for s in scored], dtype=float)
+    return values.reshape(len(prompts), -1, len(dimensions))
+
+
+def win_rate_report(scores: np.ndarray, other_scores: np.ndarray, lambdas: Mapping[str, float],
+                    dimensions: Sequence[str]) -> dict[str, Any]:
+    """Win rate of responses scored ``scores [P, S, m]`` over paired responses ``other_scores [P, S, m]``.
+
+    Judged on the λ-weighted score ``Σ_d λ_d s_d`` (``lambda_weighted``) and on each dimension alone; a tie counts
+    ½ (:func:`metrics.win_rate`). Returns ``{"lambda_weighted": {mean, stderr}, "per_dimension": {d: {…}}, "n"}``.
+    """
+    weights = np.array([float(lambdas.get(d, 0.0)) for d in dimensions])
+    a, b = scores.reshape(-1, len(dimensions)), other_scores.reshape(-1, len(dimensions))
+
+    def pack(x, y):
+        mean, stderr = win_rate(x, y)
+        return {"mean": mean, "stderr": stderr}
+
+    return {
+        "lambda_weighted": pack(a @ weights, b @ weights),
+        "per_dimension": {d: pack(a[:, i], b[:, i]) for i, d in enumerate(dimensions)},
+        "n": int(a.shape[0]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ performance
+@dataclass
+class PhaseStats:
+    """Work done in one phase: wall seconds, responses and tokens processed (scored or generated)."""
+
+    wall_s: float = 0.0
+    responses: int = 0
+    tokens: int = 0
+
+    def add(self, responses: int = 0, tokens: int = 0) -> None:
+        self.responses += int(responses)
+        self.tokens += int(tokens)
+
+    def to_dict(self) -> dict[str, float]:
+        wall = max(self.wall_s, 1e-9)
+        return {"wall_s": self.wall_s, "responses": self.responses, "tokens": self.tokens,
+                "responses_per_s": self.responses / wall, "tokens_per_s": self.tokens / wall}
+
+
+@dataclass
+class PerformanceMonitor:
+    """Wall time and throughput per phase, and peak memory, of an evaluation.
+
+    Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, otherwise the process's peak resident set size
+    (``getrusage`` ``ru_maxrss``): on CPU it includes everything the process loaded, models first of all.
+    """
+
+    device: str = field(default_factory=default_device)
+    phases: dict[str, PhaseStats] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[PhaseStats]:
+        stats = self.phases.setdefault(name, PhaseStats())
+        start = time.perf_counter()
+        try:
+            yield stats
+        finally:
+            stats.wall_s += time.perf_counter() - start
+
+    def peak_memory(self) -> tuple[int, str]:
+        if self.device.startswith("cuda"):
+            return int(torch.cuda.max_memory_allocated()), "cuda max_memory_allocated"
+        try:
+            import resource
+        except ImportError:  # Windows: no getrusage; the current RSS is a lower bound of the peak
+            import psutil
+
+            return int(psutil.Process().memory_info().rss), "process RSS at the end (peak unavailable)"
+        # Linux reports kilobytes, macOS bytes.
+        scale = 1 if sys.platform == "darwin" else 1024
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale), "process peak RSS"
+
+    def summary(self) -> dict[str, Any]:
+        peak, kind = self.peak_memory()
+        return {"device": self.device, "total_wall_s": time.perf_counter() - self.started,
+                "peak_memory_bytes": peak, "peak_memory_kind": kind,
+                "phases": {name: stats.to_dict() for name, stats in self.phases.items()}}
+
+
+__all__ = [
+    "MIXED",
+    "EvalModel",
+    "GenerationPrompt",
+    "GenerationSettings",
+    "Heldout",
+    "PerformanceMonitor",
+    "PhaseStats",
+    "generate_responses",
+    "generation_prompts",
+    "heldout_log_ratio",
+    "heldout_logps",
+    "implicit_rewards",
+    "length_bias_report",
+    "load_eval_model",
+    "load_reference",
+    "plain_metadata",
+    "prompt_ids",
+    "ranking_at_lambda",
+    "response_logps",
+    "same_vocabulary",
+    "sample_response_ids",
+    "sampled_kl",
+    "score_responses",
+    "win_rate_report",
+]
