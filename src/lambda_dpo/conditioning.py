@@ -97,3 +97,24 @@ def parse_lambda(text: str, dimensions: Sequence[str], normalize: bool = False) 
             "(--normalize on the command line)"
         )
     return result
+
+
+def conditioned_prompt_ids(
+    tokenizer,
+    messages: Sequence[Mapping[str, str]],
+    system: str | None,
+    lambdas: Mapping[str, float] | Sequence[float] | None,
+    dimensions: Sequence[str],
+    template: str = DEFAULT_TEMPLATE,
+    max_prompt_tokens: int | None = None,
+) -> list[int]:
+    """Token ids of the prompt as the policy sees it: the λ line first in the system message, then the record's
+    own system text; ``lambdas=None`` renders the unconditioned prompt (what the reference sees).
+
+    The one place where training, generation and evaluation render a λ-conditioned prompt, so all three agree.
+    """
+    from lambda_dpo.data import encode_prompt
+
+    if lambdas is not None:
+        system = with_conditioning(system, render_lambda(lambdas, dimensions, template))
+    return encode_prompt(tokenizer, messages, system or "", max_prompt_tokens)

@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lambda_dpo.conditioning import DEFAULT_TEMPLATE, parse_lambda, render_lambda, with_conditioning
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids, parse_lambda, render_lambda
 
 METADATA_FILE = "lambda_dpo.json"
 LambdaLike = str | Mapping[str, float] | Sequence[float]
@@ -70,12 +70,9 @@ def _is_single(lambdas: Any) -> bool:
 def render_prompt(tokenizer, metadata: dict[str, Any], prompt: str, weights: Mapping[str, float],
                   system: str | None = None) -> list[int]:
     """Token ids of the λ-conditioned prompt, rendered exactly as training rendered it."""
-    from lambda_dpo.data import encode_prompt
-
-    if metadata["condition_on_lambda"]:
-        line = render_lambda(weights, metadata["dimensions"], metadata["conditioning_template"])
-        system = with_conditioning(system, line)
-    return encode_prompt(tokenizer, [{"role": "user", "content": prompt}], system or "")
+    return conditioned_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], system,
+                                  weights if metadata["condition_on_lambda"] else None, metadata["dimensions"],
+                                  metadata["conditioning_template"])
 
 
 def _sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, do_sample: bool, temperature: float,

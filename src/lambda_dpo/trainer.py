@@ -24,7 +24,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from lambda_dpo.conditioning import DEFAULT_TEMPLATE, render_lambda, with_conditioning
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
 from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics
@@ -278,15 +278,12 @@ class LambdaDPOTrainer(Trainer):
     # ---------------------------------------------------------------- the step
     def _policy_prompts(self, inputs, lambdas: torch.Tensor) -> list[list[int]]:
         """Prompt token ids the policy sees: the λ line goes into the system message (SPEC §1)."""
-        from lambda_dpo.data import encode_prompt
-
         args = self.args
         if not args.condition_on_lambda:
             return inputs["prompt_input_ids"]
         return [
-            encode_prompt(self.processing_class, messages,
-                          with_conditioning(system, render_lambda(lam, self.dimensions, args.conditioning_template)),
-                          max_prompt_tokens=args.max_prompt_length)
+            conditioned_prompt_ids(self.processing_class, messages, system, lam, self.dimensions,
+                                   args.conditioning_template, args.max_prompt_length)
             for messages, system, lam in zip(inputs["prompt"], inputs["system"], lambdas)
         ]
 

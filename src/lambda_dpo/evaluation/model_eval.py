@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lambda_dpo.conditioning import DEFAULT_TEMPLATE, render_lambda, with_conditioning
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
 from lambda_dpo.evaluation.metrics import kl_estimate, length_bias, ranking_report, spearman, win_rate
 from lambda_dpo.targets import mix_targets, scores_to_tensor, target_probs_from_scores
 
@@ -194,12 +194,8 @@ def prompt_ids(model: EvalModel, messages, system: str | None, lambdas: Mapping[
                max_prompt_tokens: int | None = None) -> list[int]:
     """The prompt's token ids as ``model`` sees it: for a λ-conditioned model the λ line goes first in the system
     message (exactly as the trainer renders it); an unconditioned model (or ``lambdas=None``) sees the prompt alone."""
-    from lambda_dpo.data import encode_prompt
-
-    if model.conditioned and lambdas is not None:
-        line = render_lambda(lambdas, model.dimensions, model.metadata["conditioning_template"])
-        system = with_conditioning(system, line)
-    return encode_prompt(model.tokenizer, messages, system or None, max_prompt_tokens)
+    return conditioned_prompt_ids(model.tokenizer, messages, system, lambdas if model.conditioned else None,
+                                  model.dimensions, model.metadata["conditioning_template"], max_prompt_tokens)
 
 
 def response_logps(model: EvalModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]],
