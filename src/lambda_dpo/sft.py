@@ -1,0 +1,284 @@
+"""Supervised warm-up on the responses of listwise records (SPEC §3 ``sft``; the paper's "Finetuned-Base").
+
+Every response of a record (or the ``top_k`` best by one dimension) becomes one example: the chat-templated prompt
+(no λ line: the warm-up is unconditioned) followed by the response and its end-of-turn token. The loss is the usual
+next-token cross-entropy on the response tokens only: prompt positions carry the label -100. Tokenisation is the
+data module's (:func:`lambda_dpo.data.tokenize_listwise`), so SFT and λ-DPO see identical prompt and response ids;
+training is a plain ``transformers.Trainer`` with ``DataCollatorForSeq2Seq`` (it pads labels with -100).
+
+    lambda-dpo sft sft.yaml --max_steps 300
+
+where ``sft.yaml`` holds :class:`SFTArguments` and ``TrainingArguments`` fields (``model_name_or_path``,
+``dataset``, ``output_dir``, ``learning_rate``, …). The result is a Hugging Face model directory (safetensors) with
+its tokenizer, ready to be the policy and the reference of ``lambda-dpo train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("lambda_dpo")
+
+
+@dataclass
+class SFTArguments:
+    """The SFT-specific fields of an ``sft`` config (the rest are ``transformers.TrainingArguments`` fields)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to fine-tune: a directory or hub name."})
+    dataset: str | None = field(default=None, metadata={"help": "Training data: any SPEC §2 input (file or hub name)."})
+    dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
+    strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
+    top_k: int = field(
+        default=0, metadata={"help": "Train on the top_k responses of each record by `rank_by` (0 = every response)."}
+    )
+    rank_by: str | None = field(
+        default=None,
+        metadata={"help": "Dimension that ranks responses for top_k (default: the mean of a response's scores)."},
+    )
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Max prompt tokens (default: max_length // 2); longer prompts keep their end."}
+    )
+
+    def __post_init__(self):
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0 (0 = every response), got {self.top_k}")
+
+
+def select_responses(scores: Mapping[str, Sequence[float | None]], k: int, top_k: int = 0,
+                     rank_by: str | None = None) -> list[int]:
+    """Indices of the responses to train on, in their original order.
+
+    ``top_k = 0`` keeps all ``k``. Otherwise the ``top_k`` highest by ``scores[rank_by]`` (or, with ``rank_by``
+    None, by the mean of each response's non-missing scores); a response without a score there is never chosen,
+    and ties keep the earlier response.
+    """
+    if top_k == 0:
+        return list(range(k))
+    if rank_by is not None:
+        if rank_by not in scores:
+            raise ValueError(f"rank_by={rank_by!r} is not a dimension of the data; its dimensions: {list(scores)}")
+        keys = [scores[rank_by][i] if i < len(scores[rank_by]) else None for i in range(k)]
+    else:
+        keys = []
+        for i in range(k):
+            values = [v[i] for v in scores.values() if i < len(v) and v[i] is not None and not math.isnan(v[i])]
+            keys.append(sum(values) / len(values) if values else None)
+    scored = [i for i in range(k) if keys[i] is not None and not math.isnan(keys[i])]
+    best = sorted(scored, key=lambda i: -keys[i])[:top_k]
+    return sorted(best)
+
+
+def _flatten(batch: dict, top_k: int, rank_by: str | None) -> dict:
+    out = {"input_ids": [], "labels": []}
+    for prompt_ids, response_ids, scores in zip(
+        batch["prompt_input_ids"], batch["response_input_ids"], batch["scores"]
+    ):
+        for i in select_responses(scores, len(response_ids), top_k, rank_by):
+            if response_ids[i]:
+                out["input_ids"].append(prompt_ids + response_ids[i])
+                out["labels"].append([-100] * len(prompt_ids) + response_ids[i])
+    return out
+
+
+def sft_examples(tokenized, top_k: int = 0, rank_by: str | None = None):
+    """A tokenised listwise ``Dataset`` (from ``tokenize_listwise``) → one row per chosen response with
+    ``input_ids = prompt_ids + response_ids`` and ``labels = [-100] * len(prompt_ids) + response_ids``."""
+    return tokenized.map(
+        _flatten,
+        batched=True,
+        remove_columns=tokenized.column_names,
+        fn_kwargs={"top_k": top_k, "rank_by": rank_by},
+        desc="Building SFT examples",
+    )
+
+
+def as_listwise_dataset(data, *, dataset_format: str = "auto", strict: bool = False, seed: int = 0):
+    """Listwise records as a ``datasets.Dataset``: from a path or hub name (:func:`lambda_dpo.data.load_listwise`),
+    an already loaded ``Dataset``, or a list of native listwise dicts (validated like a JSONL file's lines)."""
+    from datasets import Dataset
+
+    from lambda_dpo.data import load_listwise
+
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        dataset, report = load_listwise(data, format=dataset_format, strict=strict, seed=seed, return_report=True)
+        logger.info("%s", report.summary())
+        return dataset
+    from lambda_dpo.data import listwise_features
+    from lambda_dpo.data.converters import from_listwise
+
+    records = []
+    for index, item in from_listwise(enumerate(data)):
+        if isinstance(item, Exception):
+            raise ValueError(f"listwise record #{index} (0-based) is invalid: {item}") from None
+        item["id"] = item["id"] if item["id"] is not None else str(index)
+        records.append(item)
+    if not records:
+        raise ValueError("no listwise records to train on: the list is empty")
+    dimensions = list(dict.fromkeys(name for record in records for name in record["scores"]))
+    for record in records:
+        k = len(record["responses"])
+        record["scores"] = {name: record["scores"].get(name) or [None] * k for name in dimensions}
+    return Dataset.from_list(records, features=listwise_features(dimensions))
+
+
+def sft_trainer(model, tokenizer, train_data, args, *, eval_data=None, top_k: int = 0, rank_by: str | None = None,
+                max_length: int = 1024, max_prompt_length: int | None = None, dataset_format: str = "auto",
+                strict: bool = False):
+    """A ``transformers.Trainer`` for the warm-up, its datasets already tokenised and flattened.
+
+    ``train_data`` / ``eval_data``: anything :func:`as_listwise_dataset` accepts; ``args``: ``TrainingArguments``.
+    """
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    from lambda_dpo.data import ensure_chat_template, tokenize_listwise
+
+    ensure_chat_template(tokenizer)
+
+    def examples(data):
+        listwise = as_listwise_dataset(data, dataset_format=dataset_format, strict=strict, seed=args.seed)
+        tokenized = tokenize_listwise(listwise, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+        return sft_examples(tokenized, top_k, rank_by)
+
+    train_examples = examples(train_data)
+    if len(train_examples) == 0:
+        raise ValueError(f"no SFT example left (top_k={top_k}, rank_by={rank_by!r} selected no scored response)")
+    # Right padding for training whatever the tokenizer's setting (generation may want left padding); a copy, so
+    # the tokenizer saved with the model keeps the user's choice.
+    collator_tokenizer = copy.copy(tokenizer)
+    collator_tokenizer.padding_side = "right"
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        eval_dataset=examples(eval_data) if eval_data is not None else None,
+        data_collator=DataCollatorForSeq2Seq(collator_tokenizer, label_pad_token_id=-100),
+        processing_class=tokenizer,
+    )
+
+
+def run_sft(model, tokenizer, records_or_dataset, output_dir: str, *, eval_data=None, top_k: int = 0,
+            rank_by: str | None = None, max_length: int = 1024, max_prompt_length: int | None = None,
+            **training_args):
+    """Fine-tune ``model`` on the responses of listwise records, save it (safetensors) with its tokenizer to
+    ``output_dir``, and return it.
+
+    ``records_or_dataset``: a path, a hub name, a listwise ``Dataset`` or a list of native listwise dicts.
+    ``training_args``: ``transformers.TrainingArguments`` fields (``max_steps``, ``learning_rate``, …);
+    checkpoints are not written unless ``save_strategy`` asks for them.
+    """
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=output_dir, **{"save_strategy": "no", **training_args})
+    trainer = sft_trainer(model, tokenizer, records_or_dataset, args, eval_data=eval_data, top_k=top_k,
+                          rank_by=rank_by, max_length=max_length, max_prompt_length=max_prompt_length)
+    trainer.train()
+    trainer.save_model(output_dir)
+    return trainer.model
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def _yaml_argv(config: Mapping) -> list[str]:
+    argv = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def parse_config(config_path: str | None, overrides: Sequence[str]):
+    """``(SFTArguments, TrainingArguments)`` from a YAML file and ``--key value`` overrides (overrides win)."""
+    import yaml
+    from transformers import HfArgumentParser, TrainingArguments
+
+    config = {}
+    if config_path:
+        try:
+            with open(config_path) as f:
+                config = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise SystemExit(f"lambda-dpo sft: cannot read config {config_path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise SystemExit(f"lambda-dpo sft: {config_path} is not valid YAML: {err}") from None
+        if not isinstance(config, dict):
+            raise SystemExit(f"lambda-dpo sft: {config_path} must be a mapping of field: value")
+    known = set(SFTArguments.__dataclass_fields__) | set(TrainingArguments.__dataclass_fields__)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise SystemExit(f"lambda-dpo sft: {config_path}: unknown key(s) {unknown}; "
+                         "`lambda-dpo sft --help-fields` lists the fields")
+    given_output = "output_dir" in config or any(o.split("=")[0] in ("--output_dir", "--output-dir") for o in overrides)
+    if not given_output:
+        raise SystemExit("lambda-dpo sft: set output_dir (in the YAML or as --output_dir DIR)")
+    parser = HfArgumentParser((SFTArguments, TrainingArguments))
+    sft_args, training_args = parser.parse_args_into_dataclasses(args=_yaml_argv(config) + list(overrides))
+    return sft_args, training_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML file of SFTArguments and TrainingArguments fields")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="--key value pairs overriding the YAML (e.g. --max_steps 300 --learning_rate 1e-3)")
+    parser.add_argument("--help-fields", action="store_true", help="list every config field with its help")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    if args.help_fields:
+        HfArgumentParser((SFTArguments, TrainingArguments)).print_help()
+        return 0
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and config_path.startswith("--"):
+        config_path, overrides = None, [config_path, *overrides]
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    sft_args, training_args = parse_config(config_path, overrides)
+    for name in ("model_name_or_path", "dataset"):
+        if not getattr(sft_args, name):
+            raise SystemExit(f"lambda-dpo sft: set {name} (in the YAML or as --{name} ...)")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lambda_dpo.data import DataError, ensure_chat_template
+
+    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(sft_args.model_name_or_path))
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(sft_args.model_name_or_path, dtype=dtype)
+    try:
+        trainer = sft_trainer(
+            model, tokenizer, sft_args.dataset, training_args, eval_data=sft_args.eval_dataset,
+            top_k=sft_args.top_k, rank_by=sft_args.rank_by, max_length=sft_args.max_length,
+            max_prompt_length=sft_args.max_prompt_length, dataset_format=sft_args.dataset_format,
+            strict=sft_args.strict,
+        )
+    except (DataError, ValueError) as err:
+        print(f"lambda-dpo sft: {err}", file=sys.stderr)
+        return 2
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    tail = f"; last logged training loss {losses[-1]:.4f}" if losses else ""
+    print(f"saved the fine-tuned model and tokenizer to {training_args.output_dir}{tail}")
+    if sft_args.eval_dataset:
+        print(f"held-out loss on response tokens: {trainer.evaluate()['eval_loss']:.4f}")
+    return 0
