@@ -6,9 +6,11 @@
    candidate response (half of them behind a random, uninformative λ line), so that the reference can produce every
    style and the conditioning format is familiar;
 3. from that SFT model, with the same data and step budget, trains three models:
-   - **λ-DPO**: listwise loss, `uniform` λ schedule, λ shown to the policy (the method);
+   - **λ-DPO**: listwise loss, λ shown to the policy (the method), `unimodal` schedule: at this budget (a few
+     hundred steps of a sub-1M model) one-hot λ teaches the conditioning far faster than `uniform` (held-out
+     ranking accuracy 0.95 vs 0.63 after 400 steps in our tuning runs);
    - **unconditioned**: listwise loss, `fixed` uniform λ, λ not shown (what averaging the objectives gives);
-   - **DPO**: pairwise best-vs-worst DPO under the λ-mixed target, `uniform` schedule, λ shown;
+   - **DPO**: pairwise best-vs-worst DPO under the λ-mixed target, same schedule, λ shown;
 4. evaluates controllability on held-out prompts over a λ simplex grid (sampled responses scored by the world's
    exact scorers): per-dimension Spearman(λ_d, score_d), Pareto front and hypervolume (one shared reference point),
    and held-out ranking accuracy of the implicit reward;
@@ -35,8 +37,8 @@ class DemoSettings:
     sft_learning_rate: float = 3e-3
     dpo_steps: int = 400
     batch_size: int = 8
-    learning_rate: float = 5e-4
-    beta: float = 1.0
+    learning_rate: float = 1e-3
+    beta: float = 0.1
     tau: float = 0.1  # world scores lie in [0, 1]: τ = 1 would make every target nearly uniform
     grid_n: int = 3
     eval_prompts: int = 24
@@ -48,12 +50,12 @@ class DemoSettings:
     seed: int = 0
 
 
-QUICK = DemoSettings(num_train=1200, sft_steps=250, dpo_steps=150, eval_prompts=12, samples=2)
+QUICK = DemoSettings(num_train=1600, sft_steps=250, dpo_steps=200, eval_prompts=12, samples=2)
 
 METHODS = {
-    "λ-DPO": {"loss": "listwise", "lambda_schedule": "uniform", "condition_on_lambda": True},
+    "λ-DPO": {"loss": "listwise", "lambda_schedule": "unimodal", "condition_on_lambda": True},
     "unconditioned": {"loss": "listwise", "lambda_schedule": "fixed", "condition_on_lambda": False},
-    "DPO": {"loss": "dpo", "lambda_schedule": "uniform", "condition_on_lambda": True},
+    "DPO": {"loss": "dpo", "lambda_schedule": "unimodal", "condition_on_lambda": True},
 }
 
 
@@ -69,7 +71,7 @@ def _train_method(name: str, options: dict, sft_dir: str, out_dir: str, train, h
     args = LambdaDPOConfig(
         output_dir=out_dir, max_steps=s.dpo_steps, per_device_train_batch_size=s.batch_size,
         per_device_eval_batch_size=16, learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=10,
-        beta=s.beta, tau=s.tau, logprob_reduction="mean", max_length=160, max_prompt_length=64, logging_steps=25,
+        beta=s.beta, tau=s.tau, logprob_reduction="sum", max_length=160, max_prompt_length=64, logging_steps=25,
         save_strategy="no", report_to="none", use_cpu=True, seed=s.seed, reference="model",
         reference_model=sft_dir, reference_cache_dir=os.path.join(os.path.dirname(out_dir), "reference_cache"),
         dataloader_num_workers=0, **options,
