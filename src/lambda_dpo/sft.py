@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -191,46 +190,24 @@ def run_sft(model, tokenizer, records_or_dataset, output_dir: str, *, eval_data=
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def _yaml_argv(config: Mapping) -> list[str]:
-    argv = []
-    for key, value in config.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
-
-
 def parse_config(config_path: str | None, overrides: Sequence[str]):
     """``(SFTArguments, TrainingArguments)`` from a YAML file and ``--key value`` overrides (overrides win)."""
-    import yaml
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    config = {}
-    if config_path:
+    from lambda_dpo.config_io import parse_yaml_config
+
+    given_output = any(o.split("=")[0] in ("--output_dir", "--output-dir") for o in overrides)
+    if not given_output and config_path:
+        import yaml
+
         try:
             with open(config_path) as f:
-                config = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise SystemExit(f"lambda-dpo sft: cannot read config {config_path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise SystemExit(f"lambda-dpo sft: {config_path} is not valid YAML: {err}") from None
-        if not isinstance(config, dict):
-            raise SystemExit(f"lambda-dpo sft: {config_path} must be a mapping of field: value")
-    known = set(SFTArguments.__dataclass_fields__) | set(TrainingArguments.__dataclass_fields__)
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise SystemExit(f"lambda-dpo sft: {config_path}: unknown key(s) {unknown}; "
-                         "`lambda-dpo sft --help-fields` lists the fields")
-    given_output = "output_dir" in config or any(o.split("=")[0] in ("--output_dir", "--output-dir") for o in overrides)
+                given_output = "output_dir" in (yaml.safe_load(f) or {})
+        except (OSError, yaml.YAMLError, TypeError):
+            pass  # parse_yaml_config reports the file's problem
+    sft_args, training_args = parse_yaml_config("sft", (SFTArguments, TrainingArguments), config_path, overrides)
     if not given_output:
         raise SystemExit("lambda-dpo sft: set output_dir (in the YAML or as --output_dir DIR)")
-    parser = HfArgumentParser((SFTArguments, TrainingArguments))
-    sft_args, training_args = parser.parse_args_into_dataclasses(args=_yaml_argv(config) + list(overrides))
     return sft_args, training_args
 
 

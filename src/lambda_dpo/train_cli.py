@@ -7,59 +7,19 @@ The YAML keys are `LambdaDPOConfig` fields; command-line options override them (
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from typing import Any
-
-import yaml
 
 logger = logging.getLogger("lambda_dpo")
 
 
-def _yaml_to_argv(config: dict[str, Any], source: str) -> list[str]:
-    argv: list[str] = []
-    for key, value in config.items():
-        if value is None:
-            continue
-        argv.append(f"--{key}")
-        if isinstance(value, bool):
-            argv.append(str(value).lower())
-        elif isinstance(value, (list, tuple)):
-            argv.extend(str(v) for v in value)
-        elif isinstance(value, dict):
-            argv.append(json.dumps(value))
-        else:
-            argv.append(str(value))
-    return argv
-
-
 def parse_config(config_path: str | None, overrides: list[str]):
     """A `LambdaDPOConfig` from a YAML file plus command-line overrides (overrides win)."""
-    from transformers import HfArgumentParser
-
+    from lambda_dpo.config_io import parse_yaml_config
     from lambda_dpo.trainer import LambdaDPOConfig
 
-    argv: list[str] = []
-    if config_path:
-        try:
-            with open(config_path) as f:
-                config = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise SystemExit(f"lambda-dpo train: config file {config_path} not found") from None
-        except yaml.YAMLError as e:
-            raise SystemExit(f"lambda-dpo train: {config_path} is not valid YAML: {e}") from None
-        if not isinstance(config, dict):
-            raise SystemExit(f"lambda-dpo train: {config_path} must be a mapping of LambdaDPOConfig fields")
-        known = set(LambdaDPOConfig.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise SystemExit(f"lambda-dpo train: {config_path}: unknown key(s) {unknown}; "
-                             "see `lambda-dpo train --help` for the fields")
-        argv = _yaml_to_argv(config, config_path)
-    parser = HfArgumentParser(LambdaDPOConfig)
-    (config,) = parser.parse_args_into_dataclasses(args=argv + list(overrides))
+    (config,) = parse_yaml_config("train", (LambdaDPOConfig,), config_path, overrides)
     return config
 
 
