@@ -130,3 +130,5 @@ def test_cli_fine_tunes_and_saves(tokenizer, tmp_path, capsys):
     assert (tmp_path / "sft" / "model.safetensors").exists()
     assert main(["sft", config, "--dataset", str(tmp_path / "missing.jsonl"), "--max_steps", "1"]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+    assert main(["sft", config, "--model_name_or_path", str(tmp_path / "nowhere"), "--max_steps", "1"]) == 2
+    assert "cannot load model_name_or_path" in capsys.readouterr().err

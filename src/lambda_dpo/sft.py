@@ -238,9 +238,13 @@ def run(args: argparse.Namespace) -> int:
 
     from lambda_dpo.data import DataError, ensure_chat_template
 
-    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(sft_args.model_name_or_path))
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(sft_args.model_name_or_path, dtype=dtype)
+    try:
+        tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(sft_args.model_name_or_path))
+        model = AutoModelForCausalLM.from_pretrained(sft_args.model_name_or_path, dtype=dtype)
+    except OSError as err:
+        print(f"lambda-dpo sft: cannot load model_name_or_path={sft_args.model_name_or_path!r}: {err}", file=sys.stderr)
+        return 2
     try:
         trainer = sft_trainer(
             model, tokenizer, sft_args.dataset, training_args, eval_data=sft_args.eval_dataset,

@@ -83,7 +83,8 @@ def make_tiny_llama(
 ) -> LlamaForCausalLM:
     """A randomly initialised ``LlamaForCausalLM`` sized for CPU: tied embeddings, ``intermediate = 2·hidden``.
 
-    The defaults (hidden 128, 4 layers, 4 heads, vocabulary ~1 k) give about 0.9 M parameters. Token ids
+    The defaults (hidden 128, 4 layers, 4 heads) give 0.73 M parameters with the demo world's 602-token
+    vocabulary; 2 layers (0.41 M) already learn the world's SFT data in ~600 steps. Token ids
     (bos, eos, pad) come from ``tokenizer`` and are copied into the generation config, so ``generate`` stops at
     the eos token. Same ``seed``, same weights.
     """

@@ -14,7 +14,7 @@ and the candidates of a prompt differ along three measured dimensions:
 
 ``concise`` and ``detailed`` conflict: every fact costs words. ``polite`` is independent of both because every
 opener and closer, courteous or curt, is exactly two words long. A candidate states facts in the table's order
-(n distinct across the candidates of a prompt while k ≤ 4): a fixed order keeps the world learnable by a ~1 M
+(n distinct across the candidates of a prompt while k ≤ 4): a fixed order keeps the world learnable by a 0.4 M
 parameter model in a few hundred steps. Each stated fact is false with probability ``false_fact_rate`` (the same
 slot's fact of another entity of that kind, e.g. "It is the capital of Japan." about Paris); a false fact costs words
 and adds no detail. This gives ``detailed`` a lever of its own (say true facts) besides the length it shares with
