@@ -1,0 +1,1 @@
+"""The built-in demo: a procedural multi-objective world (``world``) and a tiny tokenizer and Llama (``tiny``)."""

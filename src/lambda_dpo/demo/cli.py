@@ -31,7 +31,7 @@ DEMO_DIR_DEFAULT = "runs/demo"
 @dataclass(frozen=True)
 class DemoSettings:
     num_train: int = 3200  # dpo_steps × batch_size: one epoch, so the reference pass covers only what is used
-    num_heldout: int = 24
+    num_heldout: int = 16  # the world's distinct held-out prompts
     k: int = 4
     sft_steps: int = 500
     sft_learning_rate: float = 3e-3
@@ -41,7 +41,7 @@ class DemoSettings:
     beta: float = 0.1
     tau: float = 0.1  # world scores lie in [0, 1]: τ = 1 would make every target nearly uniform
     grid_n: int = 3
-    eval_prompts: int = 24
+    eval_prompts: int = 16
     samples: int = 4
     max_new_tokens: int = 48
     temperature: float = 0.7
