@@ -8,9 +8,10 @@ import logging
 
 import pytest
 import torch
+from _tiny import tiny_llama
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.reference import (
@@ -24,16 +25,7 @@ SETTINGS = {"reduction": "mean", "max_length": 64}
 
 
 def make_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(VOCAB, seed=seed).eval()
 
 
 def make_tokenizer(chat_template: str = "{% for m in messages %}{{ m.content }} {% endfor %}"):
