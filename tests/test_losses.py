@@ -562,6 +562,24 @@ def test_target_nll_hand_computed_with_padding_and_empty_target():
     assert token_logps.grad.flatten().tolist() == pytest.approx([-0.375, -0.375, -0.25, 0.0, 0.0, 0.0])
 
 
+def test_target_nll_best_only_weighs_the_tied_best_responses_equally():
+    # prompt 0: q = (0.375, 0.375, 0.25) (as above): responses 0 and 1 tie for best → −(−1 − 2)/2;
+    # prompt 1: q = (0, 0.6, 0.4) over the real slots, slot 2 padding → −(−1); prompt 2: no signal → 0.
+    token_logps = t([-1.0, -2.0, -4.0], [-3.0, -1.0, -math.inf], [-1.0, -1.0, -1.0])
+    targets = t([[0.75, 0.25, 0.0], [0.0, 0.5, 0.5]], [[0.0, 1.0, 0.0], [0.0, 0.2, 0.8]], [[0.0] * 3, [0.0] * 3])
+    lambdas = t([0.5, 0.5], [0.5, 0.5], [0.5, 0.5])
+    mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    loss = target_nll_loss(token_logps, targets, lambdas, response_mask=mask, best_only=True)
+    assert loss.tolist() == pytest.approx([1.5, 1.0, 0.0])
+
+
+def test_target_nll_k2_one_hot_is_the_chosen_nll_in_both_forms():
+    token_logps = t([-0.7, -2.5])
+    targets, lambdas = t([[1.0, 0.0]]), t([1.0])
+    for best_only in (False, True):
+        assert target_nll_loss(token_logps, targets, lambdas, best_only=best_only).item() == pytest.approx(0.7)
+
+
 def test_target_nll_rejects_a_wrong_shape():
     with pytest.raises(ValueError, match="policy_token_logps must be"):
         target_nll_loss(torch.zeros(3), torch.zeros(1, 1, 3), torch.ones(1, 1))

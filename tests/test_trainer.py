@@ -254,8 +254,8 @@ def test_learns_on_helpsteer2_and_saved_model_steers(tmp_path, tokenizer):
     assert len(texts) == 2 and all(len(t) == 1 and isinstance(t[0], str) for t in texts)
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_nll_weight_adds_the_target_weighted_per_token_nll(tmp_path, tokenizer, reduction):
+@pytest.mark.parametrize(("reduction", "loss"), [("sum", "listwise"), ("mean", "listwise"), ("sum", "dpo")])
+def test_nll_weight_adds_the_target_weighted_per_token_nll(tmp_path, tokenizer, reduction, loss):
     from lambda_dpo.losses import target_nll_loss
     from lambda_dpo.targets import target_probs_from_scores
 
@@ -263,18 +263,21 @@ def test_nll_weight_adds_the_target_weighted_per_token_nll(tmp_path, tokenizer, 
     policy, reference = tiny_llama(len(tokenizer), seed=0), tiny_llama(len(tokenizer), seed=1)
     losses = {}
     for alpha in (0.0, 2.0):
-        args = config(tmp_path, nll_weight=alpha, logprob_reduction=reduction, output_dir=str(tmp_path / f"o{alpha}"))
+        args = config(tmp_path, nll_weight=alpha, logprob_reduction=reduction, loss=loss,
+                      output_dir=str(tmp_path / f"o{alpha}"))
         trainer = LambdaDPOTrainer(policy, args, train_dataset=data, processing_class=tokenizer, ref_model=reference)
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
         lambdas = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 1.0, 0.0, 0.0], [0.25] * 4, [0.0, 0.0, 0.5, 0.5]])
         losses[alpha], _ = trainer.lambda_loss(policy, batch, lambdas, grad=False)
-    # By hand: the policy's summed log-prob of each response over its token count, weighted by the mixed target.
+    # By hand: the policy's summed log-prob of each response over its token count, weighted by the mixed target
+    # (the pairwise `dpo` baseline: RPO's NLL of the best response only).
     flat = trainer._listwise_logps(policy, trainer._policy_prompts(batch, lambdas), batch["response_input_ids"],
                                    batch["response_mask"], grad=False)[0]
     lengths = torch.tensor([[len(r) for r in rs] for rs in batch["response_input_ids"]], dtype=flat.dtype)
     per_token = flat / lengths if reduction == "sum" else flat
     targets, dimension_mask = target_probs_from_scores(batch["scores"], 1.0, batch["response_mask"])
-    nll = target_nll_loss(per_token, targets, lambdas, batch["response_mask"], dimension_mask).mean()
+    nll = target_nll_loss(per_token, targets, lambdas, batch["response_mask"], dimension_mask,
+                          best_only=loss == "dpo").mean()
     assert nll > 0
     assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * nll.item(), rel=1e-4)
 

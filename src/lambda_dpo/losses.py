@@ -321,6 +321,7 @@ def target_nll_loss(
     lambdas: torch.Tensor,
     response_mask: torch.Tensor | None = None,
     dimension_mask: torch.Tensor | None = None,
+    best_only: bool = False,
 ) -> torch.Tensor:
     """Target-weighted negative log-likelihood, the optional anchor added to any loss as ``nll_weight · L_nll``:
 
@@ -333,6 +334,11 @@ def target_nll_loss(
     push probability mass onto text that is in none of the lists; this term keeps the policy's mass on the
     responses λ prefers. Per-token, so long and short responses weigh by their target alone.
 
+    ``best_only=True`` is RPO's own term for the pairwise ``dpo`` baseline, which sees only the best and the worst
+    response: L_nll = −mean over the tied best responses (argmax_i q_i) of ℓ̄_θ, so that the baseline's anchor does not
+    hand it the ranking of the middle responses that its loss ignores. With k = 2 and a one-hot target both forms
+    are the NLL of the chosen response.
+
     Returns ``[B]``; 0 for a prompt whose mixed target is all zero. Padding slots contribute nothing.
     """
     if policy_token_logps.dim() != 2:
@@ -341,6 +347,10 @@ def target_nll_loss(
         )
     _, mixed, real, _ = _prepare("target_nll_loss", policy_token_logps, torch.zeros_like(policy_token_logps),
                                  target_probs, lambdas, 1.0, response_mask, dimension_mask)
+    if best_only:
+        best = mixed.masked_fill(~real, -math.inf).amax(-1, keepdim=True)
+        is_best = real & (mixed >= best - TIE_TOLERANCE) & (best > 0)
+        mixed = is_best.to(mixed.dtype) / is_best.sum(-1, keepdim=True).clamp_min(1)
     zero = torch.zeros((), dtype=policy_token_logps.dtype, device=policy_token_logps.device)
     return -(mixed * torch.where(real, policy_token_logps, zero)).sum(-1)
 

@@ -94,7 +94,7 @@ class LambdaDPOConfig(TrainingArguments):
         default=0.0,
         metadata={"help": "α ≥ 0: add α · target-weighted per-token NLL of the responses (losses.target_nll_loss, "
                           "the listwise form of RPO / TRL's rpo_alpha) to keep the policy's mass on the responses "
-                          "λ prefers. 0 = the pure λ-DPO loss."},
+                          "λ prefers; with loss dpo, RPO's NLL of the best response. 0 = the pure λ-DPO loss."},
     )
     reference: str = field(
         default="model",
@@ -422,7 +422,8 @@ class LambdaDPOTrainer(Trainer):
                            for rs in inputs["response_input_ids"]]
                 token_logps = policy / torch.tensor(lengths, dtype=policy.dtype, device=policy.device).clamp_min(1)
             per_prompt = per_prompt + self.args.nll_weight * target_nll_loss(
-                token_logps, target_probs, lambdas, response_mask=response_mask, dimension_mask=dimension_mask)
+                token_logps, target_probs, lambdas, response_mask=response_mask, dimension_mask=dimension_mask,
+                best_only=self.args.loss == "dpo")
         loss = per_prompt.sum() / has_signal.sum().clamp_min(1)
         with torch.no_grad():
             metrics = per_dimension_metrics(policy, reference, target_probs, self.args.beta,
