@@ -14,17 +14,14 @@ from lambda_dpo.demo.cli import ORACLE, run_demo
 def test_quick_demo_steers_and_writes_report_plots_and_models(tmp_path):
     summary = run_demo(str(tmp_path), quick=True)
 
-    # Steering direction: λ-DPO's mean score on a dimension is higher at the vertex that asks only for it than at
-    # every vertex that ignores it. Checked for concise and detailed: in the quick run's 250 steps λ-DPO does not
-    # learn to steer `polite` yet (0.69 at its vertex, 0.73 at λ = detailed); the full run (600 steps) does
-    # (0.94 vs 0.46–0.48, README).
+    # Steering direction: λ-DPO's mean score on each dimension is higher at the vertex that asks only for it than at
+    # every vertex that ignores it (seed 0, 12 prompts × 8 samples: concise 0.97 vs 0.61 / 0.33, detailed 0.27 vs
+    # 0.17 / 0.01, polite 0.72 vs 0.67 / 0.56; the full run's margins are larger, README).
     result = summary["controllability"]["λ-DPO"]
     dims = result["dimensions"]
     vertex = {max(point, key=point.get): scores for point, scores in zip(result["grid"], result["mean_scores"])
               if max(point.values()) == 1.0}
     for i, d in enumerate(dims):
-        if d == "polite":
-            continue
         others = {other: vertex[other][i] for other in dims if other != d}
         assert vertex[d][i] > max(others.values()), f"{d}: {vertex[d][i]:.3f} at its vertex vs {others}"
 
@@ -32,6 +29,10 @@ def test_quick_demo_steers_and_writes_report_plots_and_models(tmp_path):
     for row in summary["methods"].values():
         assert set(row["spearman_means"]) == set(dims)
         assert row["hypervolume"] >= 0.0
+    # Steering brings the behaviour closer to the trade-off each λ asks for (seed 0: gap 0.13 vs 0.19).
+    methods = summary["methods"]
+    assert methods["λ-DPO"]["target_gap"] < methods["unconditioned"]["target_gap"]
+    assert methods[ORACLE]["target_gap"] is None
     # The unconditioned control never sees λ: its samples cannot depend on it (the world does not leak λ).
     unconditioned = summary["controllability"]["unconditioned"]["mean_scores"]
     assert all(scores == unconditioned[0] for scores in unconditioned)
