@@ -70,6 +70,22 @@ def test_train_then_generate_side_by_side(tmp_path, base_model_dir, capsys):
     assert all(len(o["responses"]) == 1 for o in out)
 
 
+def test_metrics_file_holds_one_run_and_a_resume_continues_it(tmp_path, base_model_dir):
+    config = write_config(tmp_path, base_model_dir, max_steps=4, save_strategy="steps", save_steps=2)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+
+    def logged_steps():
+        entries = [json.loads(line) for line in metrics.read_text().splitlines()]
+        return [entry["step"] for entry in entries if "loss" in entry]
+
+    for _ in range(2):  # a second fresh run into the same directory replaces the first one's log
+        assert main(["train", str(config)]) == 0
+        assert logged_steps() == [1, 2, 3, 4]
+    # Resuming at step 2 keeps the entries up to step 2 and logs steps 3 and 4 again, once.
+    assert main(["train", str(config), "--resume_from_checkpoint", str(tmp_path / "run" / "checkpoint-2")]) == 0
+    assert logged_steps() == [1, 2, 3, 4]
+
+
 def test_generate_rejects_bad_lambda(tmp_path, base_model_dir):
     config = write_config(tmp_path, base_model_dir, max_steps=1)
     assert main(["train", str(config)]) == 0

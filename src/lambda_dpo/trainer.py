@@ -596,7 +596,21 @@ class LambdaDPOTrainer(Trainer):
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Appends every log entry (training and evaluation) to `<output_dir>/metrics.jsonl` on the main process."""
+    """Appends every log entry (training and evaluation) to `<output_dir>/metrics.jsonl` on the main process.
+
+    A run starts the file afresh, so a second run into the same directory does not append to the first one's log;
+    a run resumed from a checkpoint keeps the entries up to the checkpoint's step (later ones are logged again).
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = os.path.join(args.output_dir, "metrics.jsonl")
+        if not state.is_world_process_zero or not os.path.exists(path):
+            return
+        with open(path) as f:
+            kept = [line for line in f if state.global_step and json.loads(line)["step"] <= state.global_step]
+        with open(f"{path}.tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(f"{path}.tmp", path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
