@@ -11,8 +11,8 @@
      One-hot λ teaches the conditioning fastest at this budget (a few hundred steps of a sub-1M model; plain
      `uniform` barely separates the vertices, see `benchmarks/ablate_schedules.py`), but alone it never shows the
      policy a mixture, and between the vertices the policy then acts as if one dimension had all the weight (tuning
-     runs, 600 steps: Spearman of the grid means 0.56 / 0.76 / 0.91 with one-hot λ only, 0.76 / 0.82 / 0.95 with
-     30 % uniform draws);
+     runs, 600 steps, τ 0.1: Spearman of the grid means 0.56 / 0.76 / 0.91 with one-hot λ only, 0.76 / 0.82 / 0.95
+     with 30 % uniform draws; 50 % lost politeness);
    - **unconditioned**: listwise loss, `fixed` uniform λ, λ not shown (what averaging the objectives gives);
    - **DPO**: pairwise best-vs-worst DPO under the λ-mixed target, same schedule, λ shown.
    All three add the NLL anchor (``nll_weight``, :func:`lambda_dpo.losses.target_nll_loss`; target-weighted for the
