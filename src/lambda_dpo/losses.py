@@ -171,6 +171,12 @@ def dpo_loss(
     return -F.logsigmoid(beta * (chosen - rejected))
 
 
+def _tied_top(mixed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``[B, k]`` bool: the real responses within ``TIE_TOLERANCE`` of the highest mixed target of their list."""
+    top = mixed.masked_fill(~real, -math.inf).amax(-1, keepdim=True)
+    return real & (mixed >= top - TIE_TOLERANCE)
+
+
 def best_worst_dpo_loss(
     policy_logps: torch.Tensor,
     reference_logps: torch.Tensor,
@@ -198,10 +204,7 @@ def best_worst_dpo_loss(
         response_mask,
         dimension_mask,
     )
-    best = mixed.masked_fill(~real, -math.inf).amax(-1, keepdim=True)
-    worst = mixed.masked_fill(~real, math.inf).amin(-1, keepdim=True)
-    is_best = real & (mixed >= best - TIE_TOLERANCE)
-    is_worst = real & (mixed <= worst + TIE_TOLERANCE)
+    is_best, is_worst = _tied_top(mixed, real), _tied_top(-mixed, real)
     pairs = _preference_pairs(mixed, real) & is_best.unsqueeze(-1) & is_worst.unsqueeze(-2)
     return _weighted_pair_loss(rewards, pairs.to(rewards.dtype))
 
@@ -348,8 +351,7 @@ def target_nll_loss(
     _, mixed, real, _ = _prepare("target_nll_loss", policy_token_logps, torch.zeros_like(policy_token_logps),
                                  target_probs, lambdas, 1.0, response_mask, dimension_mask)
     if best_only:
-        best = mixed.masked_fill(~real, -math.inf).amax(-1, keepdim=True)
-        is_best = real & (mixed >= best - TIE_TOLERANCE) & (best > 0)
+        is_best = _tied_top(mixed, real) & (mixed > 0)
         mixed = is_best.to(mixed.dtype) / is_best.sum(-1, keepdim=True).clamp_min(1)
     zero = torch.zeros((), dtype=policy_token_logps.dtype, device=policy_token_logps.device)
     return -(mixed * torch.where(real, policy_token_logps, zero)).sum(-1)
