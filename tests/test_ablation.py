@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
-
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ablate_schedules.py")
-
-
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("ablate_schedules", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _tiny import load_benchmark
 
 
 @pytest.mark.slow
 def test_quick_ablation_writes_the_table_and_plot(tmp_path, capsys):
-    runner = _load_runner()
+    runner = load_benchmark("ablate_schedules")
     results = tmp_path / "results"
     assert runner.main(["--quick", "--configs", "uniform", "learned", "--workers", "1",
                         "--out", str(tmp_path / "run"), "--results", str(results)]) == 0

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "demo_seeds.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _tiny import load_benchmark
 
 
 def _summary(main_volume: float, dpo_volume: float, main_concise: float) -> dict:
@@ -30,7 +20,7 @@ def _summary(main_volume: float, dpo_volume: float, main_concise: float) -> dict
 
 
 def test_table_gives_mean_and_std_over_seeds_and_counts_the_fronts_above():
-    table = _load().table([_summary(0.12, 0.10, 0.6), _summary(0.10, 0.14, 0.8)])
+    table = load_benchmark("demo_seeds").table([_summary(0.12, 0.10, 0.6), _summary(0.10, 0.14, 0.8)])
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table.splitlines()[2:]}
     # λ-DPO: concise (0.6, 0.8) → +0.70 ± 0.14; its front is above DPO's in 1 of the 2 seeds, above the
     # unconditioned control's in both; the oracle has no accuracy and no gap; a constant model has no Spearman.
