@@ -31,7 +31,13 @@ def load_metadata(model_dir: str) -> dict[str, Any]:
         metadata = json.load(f)
     metadata.setdefault("conditioning_template", DEFAULT_TEMPLATE)
     metadata.setdefault("condition_on_lambda", True)
+    metadata.setdefault("conditioning", "text")
     return metadata
+
+
+def text_conditioned(metadata: dict[str, Any]) -> bool:
+    """Whether the model reads λ as a line of text in its system message (else λ-adapters, or no λ at all)."""
+    return bool(metadata.get("condition_on_lambda", True)) and metadata.get("conditioning", "text") == "text"
 
 
 def load_model(model_dir: str, device: str | None = None, dtype: str | None = None):
@@ -45,6 +51,10 @@ def load_model(model_dir: str, device: str | None = None, dtype: str | None = No
     tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if metadata["condition_on_lambda"] and metadata["conditioning"] == "lora":
+        from lambda_dpo.lambda_adapters import load_adapters
+
+        load_adapters(model, model_dir, metadata["dimensions"], metadata["lambda_adapters"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer, metadata
 
@@ -69,9 +79,10 @@ def _is_single(lambdas: Any) -> bool:
 
 def render_prompt(tokenizer, metadata: dict[str, Any], prompt: str, weights: Mapping[str, float],
                   system: str | None = None) -> list[int]:
-    """Token ids of the λ-conditioned prompt, rendered exactly as training rendered it."""
+    """Token ids of the λ-conditioned prompt, rendered exactly as training rendered it (a λ-adapter model sees
+    the plain prompt: λ reaches it through :func:`lambda_dpo.lambda_adapters.set_lambdas`)."""
     return conditioned_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], system,
-                                  weights if metadata["condition_on_lambda"] else None, metadata["dimensions"],
+                                  weights if text_conditioned(metadata) else None, metadata["dimensions"],
                                   metadata["conditioning_template"])
 
 
@@ -104,9 +115,12 @@ def sample_responses(model, tokenizer, metadata: dict[str, Any], prompts: list[s
 
     The shape evaluation's controllability analysis asks of a `sample_fn`.
     """
+    from lambda_dpo.lambda_adapters import lambdas_set
+
     ids = [render_prompt(tokenizer, metadata, p, weights, system) for p in prompts for _ in range(num_samples)]
-    texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                    temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
+    with lambdas_set(model, dict(weights) if metadata["condition_on_lambda"] else None):
+        texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
@@ -144,12 +158,16 @@ def generate(
         model, tokenizer, metadata = load_model(model_dir)
     single = _is_single(lambdas)
     lambda_list = [lambdas] if single else list(lambdas)
-    ids = []
+    from lambda_dpo.lambda_adapters import lambdas_set
+
+    ids, rows = [], []
     for lam in lambda_list:
         weights = _as_lambda_dict(lam, metadata["dimensions"], normalize)
         ids.extend([render_prompt(tokenizer, metadata, prompt, weights, system)] * num_return_sequences)
-    texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                    temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
+        rows.extend([[weights[d] for d in metadata["dimensions"]]] * num_return_sequences)
+    with lambdas_set(model, rows if metadata["condition_on_lambda"] else None):
+        texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
     n = num_return_sequences
     grouped = [texts[i * n:(i + 1) * n] for i in range(len(lambda_list))]
     return grouped[0] if single else grouped

@@ -249,11 +249,16 @@ def _split_verified(model, parts, input_ids, attention_mask) -> bool:
     runs on forked RNG state: dropout in it must not shift the training run's random stream, or a run resumed from
     a checkpoint (which checks again, on a new model object) would not repeat the uninterrupted one.
     """
+    from lambda_dpo.lambda_adapters import get_adapters, lambdas_set
+
     hf_model, backbone, head, transform = parts
     if hf_model not in _SPLIT_VERIFIED:
         device = input_ids.device
         accelerators = [device] if device.type != "cpu" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=accelerators, device_type=device.type):
+        adapters = get_adapters(model)  # λ-adapters: the one sequence runs under its own λ row
+        first_lambda = adapters.lambdas[:1] if adapters is not None and adapters.lambdas is not None else None
+        with (torch.no_grad(), torch.random.fork_rng(devices=accelerators, device_type=device.type),
+              lambdas_set(model, first_lambda)):
             hidden, logits = _forward_capturing_hidden(model, backbone, input_ids[:1], attention_mask[:1], 1)
             ours = transform(head(hidden[:, -1]).float())
             theirs = logits[:, -1].float()

@@ -33,6 +33,14 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
+from lambda_dpo.lambda_adapters import (
+    ADAPTERS_FILE,
+    add_lambda_adapters,
+    get_adapters,
+    save_adapters,
+    set_lambdas,
+)
+from lambda_dpo.lambda_adapters import ATTRIBUTE as ADAPTER_ATTRIBUTE
 from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
@@ -50,6 +58,7 @@ CHOICES = {
     "reference": ("model", "adapter-disabled", "none"),
     "lambda_sampling": ("prompt", "batch"),
     "pairwise_weighting": ("gap", "uniform"),
+    "conditioning": ("text", "lora"),
 }
 
 
@@ -84,8 +93,29 @@ class LambdaDPOConfig(TrainingArguments):
         default=True,
         metadata={"help": "Show λ to the policy in the system message (needed for steering; false = a control)."},
     )
+    conditioning: str = field(
+        default="text",
+        metadata={"help": "How the policy sees λ: text (a line in the system message; any serving stack can steer "
+                          "it) | lora (λ-mixed per-dimension low-rank adapters, lambda_dpo.lambda_adapters; "
+                          "merge into plain weights for a fixed λ with `lambda-dpo export`)."},
+    )
     conditioning_template: str = field(
         default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line; must contain {weights}."}
+    )
+    conditioning_rank: int = field(default=8, metadata={"help": "conditioning=lora: rank r of each dimension's adapter."})
+    conditioning_alpha: float | None = field(
+        default=None, metadata={"help": "conditioning=lora: the deltas are scaled by alpha / rank (default alpha = rank)."}
+    )
+    conditioning_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "conditioning=lora: linear layers to adapt (default: all but the output head)."}
+    )
+    lambda_reliance_check: float = field(
+        default=0.3,
+        metadata={"help": "Fraction of max_steps after which an evaluation whose λ-reliance (eval_lambda_reliance) is "
+                          "still below lambda_reliance_min warns that the policy ignores λ (0 = never warn)."},
+    )
+    lambda_reliance_min: float = field(
+        default=0.01, metadata={"help": "λ-reliance (nats of held-out loss) below which a λ-conditioned run warns."}
     )
     beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·(ℓ_θ − ℓ_ref)."})
     tau: float = field(default=1.0, metadata={"help": "τ: temperature of the targets softmax(s/τ)."})
@@ -150,6 +180,10 @@ class LambdaDPOConfig(TrainingArguments):
             raise ValueError(f"beta and tau must be > 0 (got beta={self.beta}, tau={self.tau})")
         if not self.nll_weight >= 0:
             raise ValueError(f"nll_weight must be >= 0 (0 disables the NLL anchor), got {self.nll_weight}")
+        if self.conditioning == "lora" and self.use_lora:
+            raise ValueError("conditioning=lora with use_lora=true is not supported: the λ-adapters are already "
+                             "low-rank adapters; train them on the full model (use_lora: false) or use "
+                             "conditioning: text with peft LoRA")
         if self.reference == "adapter-disabled" and not self.use_lora:
             raise ValueError("reference=adapter-disabled needs use_lora=true (the reference is the LoRA base model)")
         if "{weights}" not in self.conditioning_template:
@@ -227,6 +261,9 @@ class LambdaDPOTrainer(Trainer):
         if not self.dimensions:
             raise ValueError("no preference dimensions: set `dimensions` or give data with `scores`")
         args.dimensions = self.dimensions
+        if args.condition_on_lambda and args.conditioning == "lora" and get_adapters(model) is None:
+            add_lambda_adapters(model, self.dimensions, rank=args.conditioning_rank, alpha=args.conditioning_alpha,
+                                target_modules=args.conditioning_target_modules)
         self.ref_model = None
         train_dataset = self._prepare_dataset(train_dataset, tokenizer, args)
         eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args) if eval_dataset is not None else None
@@ -358,7 +395,7 @@ class LambdaDPOTrainer(Trainer):
     def _policy_prompts(self, inputs, lambdas: torch.Tensor) -> list[list[int]]:
         """Prompt token ids the policy sees: the λ line goes into the system message (SPEC §1)."""
         args = self.args
-        if not args.condition_on_lambda:
+        if not args.condition_on_lambda or args.conditioning != "text":
             return inputs["prompt_input_ids"]
         return [
             conditioned_prompt_ids(self.processing_class, messages, system, lam, self.dimensions,
@@ -367,9 +404,15 @@ class LambdaDPOTrainer(Trainer):
         ]
 
     def _listwise_logps(self, model, prompts: list[list[int]], responses: list[list[list[int]]],
-                        response_mask: torch.Tensor, grad: bool) -> tuple[torch.Tensor, int, int]:
+                        response_mask: torch.Tensor, grad: bool,
+                        lambdas: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         """Forward B × k sequences once; returns log-probs ``[B, k_max]`` (0 at padding), the number of real
-        tokens and the number of positions (real + padding) of the padded ``[N, T]`` batch."""
+        tokens and the number of positions (real + padding) of the padded ``[N, T]`` batch. ``lambdas [B, m]``
+        drive the λ-adapters of a ``conditioning: lora`` policy (each response under its prompt's λ)."""
+        if lambdas is not None:
+            counts = torch.tensor([len(rs) for rs in responses], device=lambdas.device)
+            # Left set after the forward: a gradient-checkpointed backward recomputes it under the same λ.
+            set_lambdas(model, lambdas.repeat_interleave(counts, dim=0))
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
         flat_responses = [r for rs in responses for r in rs]
         seq = build_sequences(flat_prompts, flat_responses, self.processing_class.pad_token_id)
@@ -407,8 +450,10 @@ class LambdaDPOTrainer(Trainer):
         """Loss (mean over prompts with signal) and detached per-dimension metrics of one batch under ``lambdas``."""
         response_mask = inputs["response_mask"]
         lambdas = lambdas.to(response_mask.device)
+        adapter_lambdas = lambdas if self.args.condition_on_lambda and self.args.conditioning == "lora" else None
         policy, num_tokens, num_positions = self._listwise_logps(
-            model, self._policy_prompts(inputs, lambdas), inputs["response_input_ids"], response_mask, grad)
+            model, self._policy_prompts(inputs, lambdas), inputs["response_input_ids"], response_mask, grad,
+            adapter_lambdas)
         reference = self._reference_logps(inputs, response_mask)
         target_probs, dimension_mask = target_probs_from_scores(inputs["scores"], self.args.tau, response_mask)
         loss_kwargs = {"weighting": self.args.pairwise_weighting} if self.args.loss == "pairwise" else {}
@@ -438,7 +483,7 @@ class LambdaDPOTrainer(Trainer):
         table = [values[i * m:(i + 1) * m] for i in range(len(rows) + 1)]
         # (mean, count) pairs, plus plain counts: `tokens` (real tokens) and `prompts` (prompts with signal).
         stats = {"kl_proxy": (values[-2], 1), "pad_fraction": (1 - num_tokens / num_positions, num_positions),
-                 "tokens": num_tokens, "prompts": int(values[-1])}
+                 "tokens": num_tokens, "prompts": int(values[-1]), "policy_logps": policy.detach()}
         for d, name in enumerate(self.dimensions):
             stats[f"loss/{name}"] = (table[0][d], table[1][d])
             stats[f"accuracy/{name}"] = (table[2][d], table[3][d])
@@ -495,7 +540,13 @@ class LambdaDPOTrainer(Trainer):
         """Per-dimension held-out metrics of the λ-conditioned policy: for each dimension d, the policy is
         conditioned on the one-hot λ = e_d and scored on d (loss, ranking accuracy, margin); `eval_loss` is the
         λ-DPO loss at the centre of the simplex. With several processes each scores its share of the records and
-        the sums are reduced, so every process gets (and the learned schedule sees) the same numbers."""
+        the sums are reduced, so every process gets (and the learned schedule sees) the same numbers.
+
+        λ-reliance (SPEC §1) comes from the same forwards: ``eval_lambda_reliance`` = mean over d of (mean over
+        d' ≠ d of the loss on d's target with the policy conditioned on e_d') − (the loss on d's target conditioned
+        on e_d), i.e. how much worse each dimension is served when the policy is told another λ (≈ 0: λ is ignored);
+        ``eval_lambda_logp_shift`` = mean |ℓ_θ(y | x, e_d) − ℓ_θ(y | x, e_d')| over responses and pairs d < d', in
+        the configured reduction (nats per response for sum, per token for mean)."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs an eval_dataset")
@@ -509,25 +560,47 @@ class LambdaDPOTrainer(Trainer):
         for inputs in self.get_eval_dataloader(dataset):
             inputs = self._without_repeated_rows(self._prepare_inputs(inputs))
             batch_size = inputs["response_mask"].shape[0]
+            vertex_logps = []
             for probe, lam in probes.items():
                 loss, stats = self.lambda_loss(model, inputs, lam.expand(batch_size, -1), grad=False)
                 if probe == "centre":
                     sums["loss"] += loss.item() * stats["prompts"]
                     counts["loss"] += stats["prompts"]
                     continue
+                vertex_logps.append(stats["policy_logps"])
                 for key in ("loss", "accuracy", "margin"):
                     value, count = stats[f"{key}/{probe}"]
                     if count > 0 and math.isfinite(value):
                         sums[f"{key}/{probe}"] += value * count
                         counts[f"{key}/{probe}"] += count
+                for d in self.dimensions:  # d's target under the λ of `probe`: the reliance matrix
+                    value, count = stats[f"loss/{d}"]
+                    if count > 0 and math.isfinite(value):
+                        sums[f"cross/{probe}/{d}"] += value * count
+                        counts[f"cross/{probe}/{d}"] += count
+            real = inputs["response_mask"] & torch.isfinite(inputs["scores"]).any(1)
+            for i in range(m):
+                for j in range(i + 1, m):
+                    shift = (vertex_logps[i] - vertex_logps[j]).abs()[real]
+                    sums["logp_shift"] += shift.sum().item()
+                    counts["logp_shift"] += shift.numel()
         model.train(was_training)
-        names = ["loss", *(f"{key}/{d}" for d in self.dimensions for key in ("loss", "accuracy", "margin"))]
+        cross = [f"cross/{p}/{d}" for p in self.dimensions for d in self.dimensions]
+        names = ["loss", *(f"{key}/{d}" for d in self.dimensions for key in ("loss", "accuracy", "margin")),
+                 *cross, "logp_shift"]
         device = self.args.device if self.accelerator.num_processes > 1 else "cpu"
         local = torch.tensor([*(sums[k] for k in names), *(counts[k] for k in names)], dtype=torch.float64,
                              device=device)
         total = self.accelerator.reduce(local, "sum").tolist()
         metrics = {f"{metric_key_prefix}_{name}": total[i] / total[len(names) + i]
                    for i, name in enumerate(names) if total[len(names) + i] > 0}
+        reliance = lambda_reliance({key: metrics.pop(f"{metric_key_prefix}_{key}") for key in cross
+                                    if f"{metric_key_prefix}_{key}" in metrics}, self.dimensions)
+        if reliance is not None:
+            metrics[f"{metric_key_prefix}_lambda_reliance"] = reliance
+        if f"{metric_key_prefix}_logp_shift" in metrics:
+            metrics[f"{metric_key_prefix}_lambda_logp_shift"] = metrics.pop(f"{metric_key_prefix}_logp_shift")
+        self._check_reliance(reliance)
         accuracies = [v for k, v in metrics.items() if "accuracy/" in k]
         if accuracies:
             metrics[f"{metric_key_prefix}_accuracy_worst"] = min(accuracies)
@@ -539,6 +612,25 @@ class LambdaDPOTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _check_reliance(self, reliance: float | None) -> None:
+        """Warn once when a run meant to be steerable still has not learned to use λ past `lambda_reliance_check`
+        of its steps: that failure is otherwise invisible until a full controllability evaluation."""
+        args = self.args
+        if (reliance is None or not args.condition_on_lambda or args.lambda_reliance_check <= 0
+                or getattr(self, "_reliance_warned", False) or args.max_steps <= 0
+                or self.state.global_step < args.lambda_reliance_check * args.max_steps
+                or reliance >= args.lambda_reliance_min):
+            return
+        self._reliance_warned = True
+        hints = ("conditioning: lora (λ-mixed adapters: λ changes the weights, not only the prompt)"
+                 if args.conditioning == "text" else "a larger conditioning_rank or learning_rate")
+        logger.warning(
+            "the policy ignores λ: at step %d of %d its λ-reliance is %.4f nats (< lambda_reliance_min %.4g), i.e. "
+            "telling it another λ barely changes its held-out loss, so it will not be steerable. Try %s; a "
+            "one-hot-heavy schedule (lambda_schedule: unimodal, lambda_schedule_kwargs {\"uniform_fraction\": 0.3}); "
+            "sharper targets (a smaller tau for the data's score scale); or more steps",
+            self.state.global_step, args.max_steps, reliance, args.lambda_reliance_min, hints)
 
     def _without_repeated_rows(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Blank the scores of the rows accelerate repeated to give every process equally many full batches
@@ -555,9 +647,28 @@ class LambdaDPOTrainer(Trainer):
 
     # ---------------------------------------------------------------- saving and resuming
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
-        write_metadata(output_dir, self.dimensions, self.args)
+        if get_adapters(self.model) is not None:
+            # The base weights keep their own names and file (AutoModelForCausalLM loads them as a plain model);
+            # the λ-adapters go to lambda_adapters.safetensors, which generation and evaluation attach again.
+            state_dict = self.model.state_dict() if state_dict is None else state_dict
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(f"{ADAPTER_ATTRIBUTE}.")}
+            os.makedirs(output_dir, exist_ok=True)
+            save_adapters(self.model, output_dir)
+        super()._save(output_dir, state_dict)
+        write_metadata(output_dir, self.dimensions, self.args, self.model)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        adapters = get_adapters(model if model is not None else self.model)
+        if adapters is not None:
+            from safetensors.torch import load_file
+
+            path = os.path.join(resume_from_checkpoint, ADAPTERS_FILE)
+            if not os.path.exists(path):
+                raise ValueError(f"{resume_from_checkpoint} has no {ADAPTERS_FILE}: it was not written by a "
+                                 "conditioning: lora run, so it cannot resume one")
+            adapters.load_state_dict(load_file(path))
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -573,7 +684,11 @@ class LambdaDPOTrainer(Trainer):
         if resume_from_checkpoint:
             path = os.path.join(resume_from_checkpoint, SCHEDULE_STATE_FILE.format(rank=self.args.process_index))
             if os.path.exists(path):
-                self.schedule.load_state_dict(torch.load(path, weights_only=False))
+                self.schedule.load_state_dict(_load_schedule_state(path))
+            else:
+                logger.warning("%s has no %s: the λ schedule restarts from its seed, so the λ drawn after the "
+                               "resume differ from an uninterrupted run's", resume_from_checkpoint,
+                               os.path.basename(path))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def save_final(self, output_dir: str | None = None, merge: bool | None = None) -> str:
@@ -587,7 +702,7 @@ class LambdaDPOTrainer(Trainer):
             if self.args.should_save:
                 merged.save_pretrained(output_dir)
                 self.processing_class.save_pretrained(output_dir)
-                write_metadata(output_dir, self.dimensions, self.args)
+                write_metadata(output_dir, self.dimensions, self.args, merged)
             self.model = merged
             self.accelerator.wait_for_everyone()
         else:
@@ -619,15 +734,20 @@ class MetricsFileCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig) -> None:
-    """Write `lambda_dpo.json`: what generation needs to render λ exactly as training did, plus the settings."""
+def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig, model=None) -> None:
+    """Write `lambda_dpo.json`: what generation needs to condition on λ exactly as training did (the mechanism,
+    the dimensions in order, the template or the λ-adapters' shape), plus the settings."""
+    adapters = get_adapters(model) if model is not None else None
     metadata = {
         "format_version": 1,
         "dimensions": list(dimensions),
+        "conditioning": "lora" if adapters is not None else "text",
         "conditioning_template": args.conditioning_template,
         "condition_on_lambda": args.condition_on_lambda,
         "training": json.loads(json.dumps(args.lambda_dpo_settings(), default=str)),
     }
+    if adapters is not None:
+        metadata["lambda_adapters"] = adapters.config()
     os.makedirs(output_dir, exist_ok=True)
     tmp = os.path.join(output_dir, f".{METADATA_FILE}.tmp")
     with open(tmp, "w") as f:
@@ -655,6 +775,22 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def lambda_reliance(cross_losses: dict[str, float], dimensions: list[str]) -> float | None:
+    """λ-reliance from the held-out loss matrix ``cross_losses["cross/<probe>/<d>"]`` (dimension d's loss with the
+    policy conditioned on the one-hot λ of ``probe``): mean over d of (mean over probes ≠ d) − (probe = d).
+
+    ≈ 0 when the policy ignores λ; > 0 when each dimension is served best under its own λ. ``None`` with one
+    dimension (nothing to swap) or missing entries."""
+    gaps = []
+    for d in dimensions:
+        own = cross_losses.get(f"cross/{d}/{d}")
+        others = [cross_losses.get(f"cross/{p}/{d}") for p in dimensions if p != d]
+        if own is None or not others or any(v is None for v in others):
+            continue
+        gaps.append(sum(others) / len(others) - own)
+    return sum(gaps) / len(gaps) if gaps else None
 
 
 def padded_length(sequence_lengths: list[int]) -> int:
@@ -693,6 +829,17 @@ def _check_full_weights(model: torch.nn.Module) -> None:
                 "accelerate config, as configs/accelerate/*.yaml do; or fill the cache first with a "
                 "single-process run that uses the same reference_cache_dir"
             )
+
+
+def _load_schedule_state(path: str) -> dict[str, Any]:
+    """The λ schedule's state from a checkpoint: tensors and plain Python only (``weights_only=True``), so a crafted
+    checkpoint cannot run code when a run resumes from it."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # the unpickler refuses anything but tensors and plain containers
+        raise ValueError(f"{path}: not a λ schedule state written by lambda-dpo ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); delete the file to restart the schedule "
+                         "from its seed") from None
 
 
 def _atomic_torch_save(obj, path: str) -> None:

@@ -56,7 +56,18 @@ class EvalModel:
 
     @property
     def conditioned(self) -> bool:
-        return bool(self.metadata.get("condition_on_lambda", True))
+        """Whether λ goes into the prompt as a text line (λ-adapter models get λ through :meth:`steered`)."""
+        from lambda_dpo.generation import text_conditioned
+
+        return text_conditioned(self.metadata)
+
+    def steered(self, lambdas: Mapping[str, float] | None):
+        """A context in which the model's λ-adapters (``conditioning: lora``) run under ``lambdas``; a no-op for
+        text-conditioned and plain models."""
+        from lambda_dpo.lambda_adapters import lambdas_set
+
+        on = self.metadata.get("condition_on_lambda", True) and not self.adapter_disabled
+        return lambdas_set(self.model, dict(lambdas) if on and lambdas is not None else None)
 
     @property
     def training(self) -> dict[str, Any]:
@@ -229,8 +240,9 @@ def heldout_logps(model: EvalModel, heldout: Heldout, lambdas: Mapping[str, floa
                    for messages, system in zip(data["prompt"], data["system"])]
     else:
         prompts = data["prompt_input_ids"]
-    rows = response_logps(model, prompts, data["response_input_ids"], batch_size=batch_size,
-                          chunk_size=chunk_size, progress=progress)
+    with model.steered(lambdas):
+        rows = response_logps(model, prompts, data["response_input_ids"], batch_size=batch_size,
+                              chunk_size=chunk_size, progress=progress)
     out = np.full(heldout.response_mask.shape, np.nan)
     for b, row in enumerate(rows):
         out[b, : len(row)] = row
@@ -363,11 +375,13 @@ def sampled_kl(policy: EvalModel, reference: EvalModel, prompts: Sequence[Genera
     """
     policy_prompts = [prompt_ids(policy, p.messages, p.system, lambdas, max_prompt_length) for p in prompts]
     reference_prompts = [prompt_ids(reference, p.messages, p.system, None, max_prompt_length) for p in prompts]
-    samples = sample_response_ids(policy, policy_prompts, num_samples, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, seed=seed)
     repeat = [i for i in range(len(prompts)) for _ in range(num_samples)]
     kwargs = {"batch_size": batch_size, "chunk_size": chunk_size}
-    policy_logps = response_logps(policy, [policy_prompts[i] for i in repeat], [[s] for s in samples], **kwargs)
+    with policy.steered(lambdas):
+        samples = sample_response_ids(policy, policy_prompts, num_samples, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, seed=seed)
+        policy_logps = response_logps(policy, [policy_prompts[i] for i in repeat], [[s] for s in samples],
+                                      **kwargs)
     reference_logps = response_logps(reference, [reference_prompts[i] for i in repeat], [[s] for s in samples],
                                      **kwargs)
     policy_logps, reference_logps = np.array(policy_logps), np.array(reference_logps)  # [N, 1]
