@@ -171,3 +171,28 @@ def test_reliance_is_zero_for_an_unconditioned_policy_and_positive_once_lambda_i
     metrics = steering.evaluate()
     assert metrics["eval_lambda_logp_shift"] > 0.1
     assert metrics["eval_lambda_reliance"] > 0.02
+
+
+def test_export_cli_writes_a_plain_model_equal_to_the_mixed_one_at_that_lambda(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lambda_dpo.cli import main
+    from lambda_dpo.generation import load_model
+
+    tokenizer = gpt2_tokenizer()
+    trainer = _train(tmp_path, tokenizer, "lora", conditioning="lora", conditioning_rank=2, max_steps=3,
+                     learning_rate=1e-2)
+    trainer.train()
+    out = trainer.save_final()
+    assert main(["export", "--model", out, "--lambda", "helpfulness=0.25,honesty=0.75",
+                 "--out", str(tmp_path / "fixed")]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "fixed").eval()
+    mixed, _, _ = load_model(out, device="cpu")
+    ids = torch.tensor([tokenizer.encode("a question about honesty")])
+    with lambdas_set(mixed, {"helpfulness": 0.25, "honesty": 0.75}):
+        torch.testing.assert_close(plain(ids).logits, mixed(ids).logits, atol=1e-5, rtol=1e-5)
+    assert json.load(open(tmp_path / "fixed" / "lambda_dpo.json"))["condition_on_lambda"] is False
+    text = _train(tmp_path, tokenizer, "text", max_steps=1)
+    text.train()
+    assert main(["export", "--model", text.save_final(), "--lambda", "helpfulness=1",
+                 "--out", str(tmp_path / "no")]) == 2

@@ -132,3 +132,25 @@ def test_cli_fine_tunes_and_saves(tokenizer, tmp_path, capsys):
     assert "missing.jsonl" in capsys.readouterr().err
     assert main(["sft", config, "--model_name_or_path", str(tmp_path / "nowhere"), "--max_steps", "1"]) == 2
     assert "cannot load model_name_or_path" in capsys.readouterr().err
+
+
+def test_lambda_line_warm_up_puts_a_random_lambda_line_on_the_given_share_of_records():
+    from lambda_dpo.conditioning import parse_lambda
+    from lambda_dpo.sft import SFTArguments, as_listwise_dataset, with_random_lambda_lines
+
+    records = [{"prompt": f"q{i}", "responses": ["a", "b"], "scores": {"x": [1, 0], "y": [0, 1]},
+                "system": "Be kind." if i == 3 else None} for i in range(8)]
+    data = as_listwise_dataset(records)
+    half = with_random_lambda_lines(data, 0.5, seed=0)
+    lines = half["system"]
+    assert [bool(line and line.startswith("Preference weights:")) for line in lines] == [True, False] * 4
+    assert lines[3] == "Be kind."  # a record's own system text is kept
+    for line in lines[::2]:  # each line parses back to a λ on the simplex
+        weights = parse_lambda(line.split(": ", 1)[1].split("\n")[0], ["x", "y"])
+        assert abs(sum(weights.values()) - 1) < 1e-6
+    assert len({line for line in lines[::2]}) == 4  # random λ, not one constant line
+    quarter = with_random_lambda_lines(data, 0.25, seed=0)["system"]
+    assert sum(bool(line and line.startswith("Preference")) for line in quarter) == 2
+    assert with_random_lambda_lines(data, 0.0) is data
+    with pytest.raises(ValueError, match="lambda_line_fraction"):
+        SFTArguments(lambda_line_fraction=1.5)

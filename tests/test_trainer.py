@@ -285,3 +285,28 @@ def test_nll_weight_adds_the_target_weighted_per_token_nll(tmp_path, tokenizer, 
 def test_nll_weight_must_not_be_negative(tmp_path):
     with pytest.raises(ValueError, match="nll_weight must be >= 0"):
         config(tmp_path, nll_weight=-0.5)
+
+
+def test_tau_scale_range_makes_tau_relative_to_each_dimensions_score_range(tmp_path, tokenizer):
+    from lambda_dpo.trainer import score_ranges
+
+    path = write_records(tmp_path / "r.jsonl", n=6)
+    data = load_listwise(str(path), format="listwise")
+    ranges = score_ranges(data, DIMS)
+    by_hand = []
+    for d in DIMS:
+        values = [v for s in data["scores"] for v in s[d]]
+        by_hand.append(max(values) - min(values))
+    assert ranges.tolist() == pytest.approx(by_hand)
+
+    def first_loss(name, **overrides):
+        trainer = LambdaDPOTrainer(tiny_llama(len(tokenizer)), config(tmp_path, output_dir=str(tmp_path / name),
+                                   max_steps=1, **overrides), train_dataset=data, processing_class=tokenizer,
+                                   ref_model=tiny_llama(len(tokenizer), seed=1))
+        trainer.train()
+        return trainer.state.log_history[0]["loss"]
+
+    # range-relative τ = absolute τ_d = τ·range_d; with equal ranges that is absolute τ·range
+    assert len(set(by_hand)) == 1
+    assert first_loss("rel", tau_scale="range", tau=0.5) == pytest.approx(
+        first_loss("abs", tau=0.5 * by_hand[0]), abs=1e-6)

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE
+
 logger = logging.getLogger("lambda_dpo")
 
 
@@ -47,10 +49,24 @@ class SFTArguments:
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Max prompt tokens (default: max_length // 2); longer prompts keep their end."}
     )
+    lambda_line_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of records whose system message starts with a random λ line (uniform on the "
+                          "simplex, unrelated to the responses), before `lambda-dpo train` with conditioning: text. "
+                          "The warm-up then knows the line's format while λ means nothing yet, so λ-DPO starts "
+                          "from rewards ≈ 0 (the demo uses 0.5). 0 = no λ lines."},
+    )
+    conditioning_template: str = field(
+        default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line (the one `train` will use)."}
+    )
 
     def __post_init__(self):
         if self.top_k < 0:
             raise ValueError(f"top_k must be ≥ 0 (0 = every response), got {self.top_k}")
+        if not 0.0 <= self.lambda_line_fraction <= 1.0:
+            raise ValueError(f"lambda_line_fraction must be in [0, 1], got {self.lambda_line_fraction}")
+        if "{weights}" not in self.conditioning_template:
+            raise ValueError(f"conditioning_template {self.conditioning_template!r} must contain {{weights}}")
 
 
 def select_responses(scores: Mapping[str, Sequence[float | None]], k: int, top_k: int = 0,
@@ -101,6 +117,33 @@ def sft_examples(tokenized, top_k: int = 0, rank_by: str | None = None):
     )
 
 
+def with_random_lambda_lines(dataset, fraction: float, seed: int = 0, template: str = DEFAULT_TEMPLATE,
+                             dimensions: Sequence[str] | None = None):
+    """A copy of a listwise ``dataset`` in which an evenly spread ``fraction`` of the records (for 0.5: every other
+    one) gets a random λ line (uniform on the simplex, seeded) before its own system text.
+
+    SFT on this teaches the model the conditioning *format* while λ carries no information about the responses,
+    so after the warm-up π(y | x, λ) ≈ π(y | x) = π_ref(y | x): λ-DPO then starts from rewards ≈ 0 rather than
+    from the random offsets an unseen system line would cause, and learns what λ means from the preferences."""
+    from lambda_dpo.conditioning import render_lambda, with_conditioning
+    from lambda_dpo.data import dataset_dimensions
+    from lambda_dpo.lambdas import make_schedule
+
+    if fraction <= 0:
+        return dataset
+    dimensions = list(dimensions or dataset_dimensions(dataset))
+    lambdas = make_schedule("uniform", dimensions, seed=seed).sample(len(dataset))
+    systems = dataset["system"] if "system" in dataset.column_names else [None] * len(dataset)
+    lines = [
+        with_conditioning(system, render_lambda(lam, dimensions, template))
+        if math.floor(i * fraction) != math.floor((i - 1) * fraction) else (system or "")
+        for i, (lam, system) in enumerate(zip(lambdas, systems))
+    ]
+    if "system" in dataset.column_names:
+        dataset = dataset.remove_columns("system")
+    return dataset.add_column("system", lines)
+
+
 def as_listwise_dataset(data, *, dataset_format: str = "auto", strict: bool = False, seed: int = 0):
     """Listwise records as a ``datasets.Dataset``: from a path or hub name (:func:`lambda_dpo.data.load_listwise`),
     an already loaded ``Dataset``, or a list of native listwise dicts (validated like a JSONL file's lines)."""
@@ -134,10 +177,12 @@ def as_listwise_dataset(data, *, dataset_format: str = "auto", strict: bool = Fa
 
 def sft_trainer(model, tokenizer, train_data, args, *, eval_data=None, top_k: int = 0, rank_by: str | None = None,
                 max_length: int = 1024, max_prompt_length: int | None = None, dataset_format: str = "auto",
-                strict: bool = False):
+                strict: bool = False, lambda_line_fraction: float = 0.0,
+                conditioning_template: str = DEFAULT_TEMPLATE):
     """A ``transformers.Trainer`` for the warm-up, its datasets already tokenised and flattened.
 
-    ``train_data`` / ``eval_data``: anything :func:`as_listwise_dataset` accepts; ``args``: ``TrainingArguments``.
+    ``train_data`` / ``eval_data``: anything :func:`as_listwise_dataset` accepts; ``args``: ``TrainingArguments``;
+    ``lambda_line_fraction``: see :func:`with_random_lambda_lines` (training data only).
     """
     from transformers import DataCollatorForSeq2Seq, Trainer
 
@@ -145,12 +190,13 @@ def sft_trainer(model, tokenizer, train_data, args, *, eval_data=None, top_k: in
 
     ensure_chat_template(tokenizer)
 
-    def examples(data):
+    def examples(data, fraction=0.0):
         listwise = as_listwise_dataset(data, dataset_format=dataset_format, strict=strict, seed=args.seed)
+        listwise = with_random_lambda_lines(listwise, fraction, seed=args.seed, template=conditioning_template)
         tokenized = tokenize_listwise(listwise, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
         return sft_examples(tokenized, top_k, rank_by)
 
-    train_examples = examples(train_data)
+    train_examples = examples(train_data, lambda_line_fraction)
     if len(train_examples) == 0:
         raise ValueError(f"no SFT example left (top_k={top_k}, rank_by={rank_by!r} selected no scored response)")
     # Right padding for training whatever the tokenizer's setting (generation may want left padding); a copy, so
@@ -169,7 +215,7 @@ def sft_trainer(model, tokenizer, train_data, args, *, eval_data=None, top_k: in
 
 def run_sft(model, tokenizer, records_or_dataset, output_dir: str, *, eval_data=None, top_k: int = 0,
             rank_by: str | None = None, max_length: int = 1024, max_prompt_length: int | None = None,
-            **training_args):
+            lambda_line_fraction: float = 0.0, **training_args):
     """Fine-tune ``model`` on the responses of listwise records, save it (safetensors) with its tokenizer to
     ``output_dir``, and return it.
 
@@ -181,7 +227,8 @@ def run_sft(model, tokenizer, records_or_dataset, output_dir: str, *, eval_data=
 
     args = TrainingArguments(output_dir=output_dir, **{"save_strategy": "no", **training_args})
     trainer = sft_trainer(model, tokenizer, records_or_dataset, args, eval_data=eval_data, top_k=top_k,
-                          rank_by=rank_by, max_length=max_length, max_prompt_length=max_prompt_length)
+                          rank_by=rank_by, max_length=max_length, max_prompt_length=max_prompt_length,
+                          lambda_line_fraction=lambda_line_fraction)
     trainer.train()
     trainer.save_model(output_dir)
     return trainer.model
@@ -250,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
             model, tokenizer, sft_args.dataset, training_args, eval_data=sft_args.eval_dataset,
             top_k=sft_args.top_k, rank_by=sft_args.rank_by, max_length=sft_args.max_length,
             max_prompt_length=sft_args.max_prompt_length, dataset_format=sft_args.dataset_format,
-            strict=sft_args.strict,
+            strict=sft_args.strict, lambda_line_fraction=sft_args.lambda_line_fraction,
+            conditioning_template=sft_args.conditioning_template,
         )
     except (DataError, ValueError) as err:
         print(f"lambda-dpo sft: {err}", file=sys.stderr)

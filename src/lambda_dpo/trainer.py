@@ -59,6 +59,7 @@ CHOICES = {
     "lambda_sampling": ("prompt", "batch"),
     "pairwise_weighting": ("gap", "uniform"),
     "conditioning": ("text", "lora"),
+    "tau_scale": ("absolute", "range"),
 }
 
 
@@ -119,6 +120,11 @@ class LambdaDPOConfig(TrainingArguments):
     )
     beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·(ℓ_θ − ℓ_ref)."})
     tau: float = field(default=1.0, metadata={"help": "τ: temperature of the targets softmax(s/τ)."})
+    tau_scale: str = field(
+        default="absolute",
+        metadata={"help": "absolute: τ in the scores' own units | range: τ relative to each dimension's score range "
+                          "in the training data (τ_d = τ·(max − min)), so one τ fits 0–1, 1–5 or 0–100 ratings."},
+    )
     logprob_reduction: str = field(default="mean", metadata={"help": "Reduce response-token log-probs: mean | sum"})
     nll_weight: float = field(
         default=0.0,
@@ -265,6 +271,7 @@ class LambdaDPOTrainer(Trainer):
             add_lambda_adapters(model, self.dimensions, rank=args.conditioning_rank, alpha=args.conditioning_alpha,
                                 target_modules=args.conditioning_target_modules)
         self.ref_model = None
+        self.score_scale = score_ranges(train_dataset, self.dimensions) if args.tau_scale == "range" else None
         train_dataset = self._prepare_dataset(train_dataset, tokenizer, args)
         eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args) if eval_dataset is not None else None
 
@@ -455,7 +462,10 @@ class LambdaDPOTrainer(Trainer):
             model, self._policy_prompts(inputs, lambdas), inputs["response_input_ids"], response_mask, grad,
             adapter_lambdas)
         reference = self._reference_logps(inputs, response_mask)
-        target_probs, dimension_mask = target_probs_from_scores(inputs["scores"], self.args.tau, response_mask)
+        scores = inputs["scores"]
+        if self.score_scale is not None:  # τ_d = τ · range_d: divide the scores instead
+            scores = scores / self.score_scale.to(scores.device)[:, None]
+        target_probs, dimension_mask = target_probs_from_scores(scores, self.args.tau, response_mask)
         loss_kwargs = {"weighting": self.args.pairwise_weighting} if self.args.loss == "pairwise" else {}
         per_prompt = LOSSES[self.args.loss](policy, reference, target_probs, lambdas, self.args.beta,
                                             response_mask=response_mask, dimension_mask=dimension_mask, **loss_kwargs)
@@ -775,6 +785,20 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def score_ranges(dataset, dimensions: list[str]) -> torch.Tensor:
+    """``max − min`` of each dimension's scores over ``dataset`` ``[m]`` (1 where a dimension has a single value):
+    the unit of τ under ``tau_scale: range``."""
+    low = {d: math.inf for d in dimensions}
+    high = {d: -math.inf for d in dimensions}
+    for scores in dataset["scores"]:
+        for d in dimensions:
+            values = [v for v in (scores or {}).get(d) or [] if v is not None and math.isfinite(v)]
+            if values:
+                low[d], high[d] = min(low[d], *values), max(high[d], *values)
+    ranges = [high[d] - low[d] if high[d] > low[d] else 1.0 for d in dimensions]
+    return torch.tensor(ranges, dtype=torch.float32)
 
 
 def lambda_reliance(cross_losses: dict[str, float], dimensions: list[str]) -> float | None:

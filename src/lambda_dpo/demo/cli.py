@@ -58,6 +58,8 @@ class DemoSettings:
     temperature: float = 1.0  # samples of π itself: lower temperatures favour the longest continuation
     hidden: int = 128
     layers: int = 4
+    conditioning: str = "text"  # how the λ-conditioned methods see λ (LambdaDPOConfig.conditioning)
+    tau_scale: str = "range"  # τ relative to each dimension's score range (LambdaDPOConfig.tau_scale)
     seed: int = 0
 
 
@@ -84,7 +86,8 @@ def _train_method(name: str, options: dict, sft_dir: str, out_dir: str, train, h
     settings = dict(
         output_dir=out_dir, max_steps=s.dpo_steps, per_device_train_batch_size=s.batch_size,
         per_device_eval_batch_size=16, learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=10,
-        beta=s.beta, tau=s.tau, nll_weight=s.nll_weight, logprob_reduction="sum", max_length=160,
+        beta=s.beta, tau=s.tau, tau_scale=s.tau_scale, nll_weight=s.nll_weight, logprob_reduction="sum",
+        max_length=160, conditioning=s.conditioning,
         max_prompt_length=64, logging_steps=25,
         save_strategy="no", report_to="none", use_cpu=True, seed=s.seed, reference="model",
         reference_model=sft_dir, reference_cache_dir=os.path.join(os.path.dirname(out_dir), "reference_cache"),
@@ -105,24 +108,10 @@ def _train_method(name: str, options: dict, sft_dir: str, out_dir: str, train, h
     return trainer, metrics, seconds
 
 
-def with_random_lambda_lines(dataset, dimensions, seed: int):
-    """Half the records get a random λ line as their system message, unrelated to their responses.
-
-    SFT on this teaches the model the conditioning *format* while λ carries no information, so that after the
-    warm-up π(y | x, λ) ≈ π(y | x) = π_ref(y | x): λ-DPO then starts from rewards ≈ 0 rather than from the
-    random offsets an unseen system line would cause, and learns what λ means from the preferences alone.
-    """
-    from lambda_dpo.conditioning import render_lambda
-    from lambda_dpo.lambdas import make_schedule
-
-    lambdas = make_schedule("uniform", dimensions, seed=seed).sample(len(dataset))
-    lines = [render_lambda(lam, dimensions) if i % 2 == 0 else "" for i, lam in enumerate(lambdas)]
-    return dataset.remove_columns("system").add_column("system", lines)
-
-
-def _controllability(model, tokenizer, metadata, prompts, s: DemoSettings, label: str):
-    from lambda_dpo.demo.world import DIMENSIONS, scorer
+def _controllability(model, tokenizer, metadata, prompts, s: DemoSettings, label: str, world):
     from lambda_dpo.evaluation.controllability import evaluate_controllability, lambda_grid
+
+    DIMENSIONS, scorer = world.dimensions, world.scorer
     from lambda_dpo.generation import sample_responses
 
     def sample_fn(batch, weights, num_samples):
@@ -135,16 +124,19 @@ def _controllability(model, tokenizer, metadata, prompts, s: DemoSettings, label
                                     num_samples=s.samples, keep_responses=True)
 
 
-def prepare(out: str, s: DemoSettings):
+def prepare(out: str, s: DemoSettings, world=None):
     """Steps 1–2, shared by the demo and the schedule ablation: the world's data (loaded back through the project's
-    own data path), the tokenizer, and the SFT reference in ``out/sft``.
+    own data path), the tokenizer, and the SFT reference in ``out/sft``. ``world``: one of
+    :data:`lambda_dpo.demo.worlds.WORLDS` (default: the demo's own).
 
     Returns ``(train, heldout, tokenizer, sft_dir, sft_seconds)``."""
     from lambda_dpo.data import load_listwise
     from lambda_dpo.demo.tiny import make_tiny_llama, train_tokenizer
-    from lambda_dpo.demo.world import DIMENSIONS, vocabulary_texts, write_world
+    from lambda_dpo.demo.worlds import WORLDS
     from lambda_dpo.sft import run_sft
 
+    world = world or WORLDS["demo"]
+    DIMENSIONS, vocabulary_texts, write_world = world.dimensions, world.vocabulary_texts, world.write_world
     os.makedirs(out, exist_ok=True)
     _log(f"[1/5] writing the world ({s.num_train} train prompts × k={s.k}, dimensions {DIMENSIONS}) to {out}/data")
     train_path, heldout_path = write_world(os.path.join(out, "data"), seed=s.seed, num_train=s.num_train,
@@ -158,14 +150,17 @@ def prepare(out: str, s: DemoSettings):
     _log(f"  model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, vocabulary {len(tokenizer)}")
     sft_dir = os.path.join(out, "sft")
     started = time.perf_counter()
-    run_sft(model, tokenizer, with_random_lambda_lines(train, DIMENSIONS, s.seed), sft_dir, max_steps=s.sft_steps,
+    # conditioning: text warms up on λ lines that mean nothing yet (sft.with_random_lambda_lines); λ-adapters start
+    # at zero, so their warm-up is the plain one.
+    run_sft(model, tokenizer, train, sft_dir, lambda_line_fraction=0.5 if s.conditioning == "text" else 0.0,
+            max_steps=s.sft_steps,
             learning_rate=s.sft_learning_rate, per_device_train_batch_size=16, lr_scheduler_type="cosine",
             warmup_steps=10, logging_steps=50, report_to="none", use_cpu=True, seed=s.seed, max_length=160,
             max_prompt_length=64)
     return train, heldout, tokenizer, sft_dir, time.perf_counter() - started
 
 
-def oracle_controllability(heldout, prompts: list[str], s: DemoSettings):
+def oracle_controllability(heldout, prompts: list[str], s: DemoSettings, world=None):
     """Controllability of the *oracle*: a policy that answers each held-out prompt with one of its record's
     candidates, drawn from the λ-mixed target ``Σ_d λ_d softmax(s_d/τ)`` — exactly what λ-DPO's loss asks of the
     policy. Its numbers are the yardstick of this world and evaluation (e.g. concise and detailed conflict, so
@@ -173,9 +168,12 @@ def oracle_controllability(heldout, prompts: list[str], s: DemoSettings):
     than the target. Same prompts, grid, samples and scorer as the models."""
     import torch
 
-    from lambda_dpo.demo.world import DIMENSIONS, scorer
+    from lambda_dpo.demo.worlds import WORLDS
     from lambda_dpo.evaluation.controllability import evaluate_controllability, lambda_grid
     from lambda_dpo.targets import mix_targets, scores_to_tensor, target_probs_from_scores
+
+    world = world or WORLDS["demo"]
+    DIMENSIONS, scorer = world.dimensions, world.scorer
 
     records = {r["prompt"][-1]["content"]: r for r in heldout}
     generator = torch.Generator().manual_seed(s.seed)
@@ -208,22 +206,24 @@ def target_gap(result, oracle) -> float | None:
 
 
 def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
-             settings: DemoSettings | None = None) -> dict:
+             settings: DemoSettings | None = None, world: str = "demo") -> dict:
     """Run the whole demo into ``out`` and return the summary (also written to ``out/report.json``).
 
-    ``settings`` overrides the full / ``quick`` presets."""
+    ``settings`` overrides the full / ``quick`` presets; ``world`` names one of
+    :data:`lambda_dpo.demo.worlds.WORLDS` (the demo's own by default)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from lambda_dpo.demo.world import DIMENSIONS
+    from lambda_dpo.demo.worlds import get_world
     from lambda_dpo.evaluation.controllability import shared_hypervolumes
     from lambda_dpo.evaluation.plots import plot_pareto_grid, plot_score_vs_lambda
-    from lambda_dpo.generation import load_metadata
+    from lambda_dpo.generation import load_model
 
     s = replace(settings or (QUICK if quick else DemoSettings()), seed=seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     started = time.perf_counter()
-    train, heldout, tokenizer, sft_dir, sft_seconds = prepare(out, s)
+    the_world = get_world(world)
+    DIMENSIONS = the_world.dimensions
+    train, heldout, tokenizer, sft_dir, sft_seconds = prepare(out, s, the_world)
 
     _log(f"[3/5] training {len(METHODS)} models from the SFT model, {s.dpo_steps} steps each")
     models, rows = {}, {}
@@ -232,15 +232,17 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
         out_dir = os.path.join(out, "models", label.replace("λ", "lambda").lower())
         _, metrics, seconds = _train_method(label, options, sft_dir, out_dir, train, heldout, tokenizer, s)
         models[label] = out_dir
-        rows[label] = {"heldout_accuracy": metrics.get("eval_accuracy_mean"), "train_seconds": seconds}
+        rows[label] = {"heldout_accuracy": metrics.get("eval_accuracy_mean"), "train_seconds": seconds,
+                       "lambda_reliance": metrics.get("eval_lambda_reliance"),
+                       "lambda_logp_shift": metrics.get("eval_lambda_logp_shift")}
 
     _log("[4/5] controllability on held-out prompts over the λ grid")
     prompts = [r["prompt"][-1]["content"] for r in heldout.select(range(min(s.eval_prompts, len(heldout))))]
     results = {}
     for label, path in models.items():
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        results[label] = _controllability(model, tokenizer, load_metadata(path), prompts, s, label)
-    results[ORACLE] = oracle_controllability(heldout, prompts, s)  # the ceiling: no model, the target itself
+        model, _, metadata = load_model(path, device="cpu")
+        results[label] = _controllability(model, tokenizer, metadata, prompts, s, label, the_world)
+    results[ORACLE] = oracle_controllability(heldout, prompts, s, the_world)  # the ceiling: no model, the target itself
     rows[ORACLE] = {"heldout_accuracy": None, "train_seconds": None}
     reference_point, volumes = shared_hypervolumes(results)
     for label, result in results.items():
@@ -251,7 +253,7 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
     plot_score_vs_lambda(results, os.path.join(out, "score_vs_lambda.png"))
     plot_pareto_grid(results, os.path.join(out, "pareto.png"))
     summary = {
-        "settings": asdict(s), "quick": quick, "dimensions": DIMENSIONS, "methods": rows,
+        "settings": asdict(s), "quick": quick, "world": world, "dimensions": DIMENSIONS, "methods": rows,
         "hypervolume_reference_point": [float(v) for v in reference_point],
         "sft_seconds": sft_seconds, "total_seconds": time.perf_counter() - started,
         "controllability": {label: r.to_dict(include_scores=False) for label, r in results.items()},

@@ -1,0 +1,59 @@
+"""`lambda-dpo export`: a trained model at one fixed λ as a plain Hugging Face model directory.
+
+For a model trained with ``conditioning: lora`` the λ-adapters are folded into the base weights at that λ
+(:func:`lambda_dpo.lambda_adapters.merge_lambda`), so the result runs on any stack (vLLM, TGI, llama.cpp after
+conversion) with no custom code and no λ line. A text-conditioned model needs no export: give it the λ line as
+its system message (the model card shows it). The written directory carries a ``lambda_dpo.json`` that records the
+fixed λ and says the model is no longer steerable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def export_fixed_lambda(model_dir: str, lambdas: str, out_dir: str, normalize: bool = False) -> dict:
+    """Merge ``model_dir``'s λ-adapters at ``lambdas`` (``"a=0.7,b=0.3"``) and save a plain model to ``out_dir``."""
+    from lambda_dpo.conditioning import parse_lambda
+    from lambda_dpo.generation import load_model
+    from lambda_dpo.lambda_adapters import merge_lambda
+
+    model, tokenizer, metadata = load_model(model_dir, device="cpu")
+    if metadata.get("conditioning") != "lora" or not metadata.get("condition_on_lambda", True):
+        raise ValueError(f"{model_dir} was not trained with conditioning: lora, so there is nothing to merge: a "
+                         "text-conditioned model is steered by its λ line (see its README.md), at any λ")
+    weights = parse_lambda(lambdas, metadata["dimensions"], normalize=normalize)
+    merged = merge_lambda(model, weights)
+    os.makedirs(out_dir, exist_ok=True)
+    merged.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    fixed = {**metadata, "condition_on_lambda": False, "conditioning": "text", "fixed_lambda": weights,
+             "exported_from": os.path.abspath(model_dir)}
+    fixed.pop("lambda_adapters", None)
+    tmp = os.path.join(out_dir, ".lambda_dpo.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(fixed, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "lambda_dpo.json"))
+    return weights
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a model directory trained with conditioning: lora")
+    parser.add_argument("--lambda", dest="lambdas", required=True, metavar="NAME=W,…",
+                        help="the fixed preference weights, e.g. helpfulness=0.7,honesty=0.3")
+    parser.add_argument("--out", required=True, help="where to write the plain model directory")
+    parser.add_argument("--normalize", action="store_true", help="rescale λ to sum to 1 instead of rejecting it")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        weights = export_fixed_lambda(args.model, args.lambdas, args.out, args.normalize)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"lambda-dpo export: {e}", file=sys.stderr)
+        return 2
+    shown = " ".join(f"{k}={v:.2f}" for k, v in weights.items())
+    print(f"wrote a plain model at λ = {shown} to {args.out} (loads with AutoModelForCausalLM; no λ line needed)")
+    return 0
