@@ -200,7 +200,7 @@ class SupportWorld(World):
 
     def vocabulary(self) -> list[str]:
         texts = []
-        for entity, steps in self.entities.items():
+        for steps in self.entities.values():
             for (g, s) in FORMAL + CASUAL:
                 texts.append(" ".join([g, *EMPATHY[:2], *steps, s]))
         texts.append(" ".join(EMPATHY))
