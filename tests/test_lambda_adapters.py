@@ -196,3 +196,24 @@ def test_export_cli_writes_a_plain_model_equal_to_the_mixed_one_at_that_lambda(t
     text.train()
     assert main(["export", "--model", text.save_final(), "--lambda", "helpfulness=1",
                  "--out", str(tmp_path / "no")]) == 2
+
+
+def test_eval_cli_reports_lambda_reliance_of_a_lora_conditioned_model(tmp_path):
+    from lambda_dpo.cli import main
+
+    tokenizer = gpt2_tokenizer()
+    trainer = _train(tmp_path, tokenizer, "lora", conditioning="lora", conditioning_rank=4,
+                     lambda_schedule="unimodal", max_steps=20, learning_rate=3e-2, beta=1.0, tau=0.5)
+    trainer.train()
+    out = trainer.save_final()
+    reference = tmp_path / "reference"
+    tiny_llama(len(tokenizer)).save_pretrained(reference)
+    tokenizer.save_pretrained(reference)
+    assert main(["eval", "--model", out, "--reference", str(reference), "--data", str(tmp_path / "lora.jsonl"),
+                 "--grid", "0", "--kl-samples", "0", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    results = json.load(open(tmp_path / "eval" / "eval.json"))
+    report = results["lambda_reliance"]["model"]
+    assert report["reliance"] > 0.02 and report["logp_shift"] > 0.1
+    trained_metrics = trainer.evaluate()
+    assert report["reliance"] == pytest.approx(trained_metrics["eval_lambda_reliance"], rel=0.05)
+    assert "λ-reliance" in open(tmp_path / "eval" / "eval.md").read()

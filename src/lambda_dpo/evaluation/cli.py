@@ -153,19 +153,25 @@ class _Run:
             heldouts.append((tokenizer, heldout, reference_logps))
             return heldout, reference_logps
 
-        entries = []
+        def rewards_at(model, lambdas):
+            heldout, reference_logps = heldout_for(model.tokenizer)
+            with self.monitor.phase("held-out log-probs") as stats:
+                logps = me.heldout_logps(model, heldout, lambdas, max_prompt_length=max_prompt_length,
+                                         batch_size=self.args.batch_size, progress=self.progress)
+                stats.add(heldout.response_mask.sum(), heldout.num_tokens.sum())
+            reference_free = self.setting(model, "reference", "model") == "none"
+            rewards = me.implicit_rewards(logps, None if reference_free else reference_logps, heldout.num_tokens,
+                                          float(self.setting(model, "beta", 0.1)),
+                                          self.setting(model, "logprob_reduction", "mean"))
+            return heldout, reference_logps, logps, rewards
+
+        entries, at_vertices = [], {}
         for lambdas in self.lambdas:
             entry = {"lambda": lambdas, "models": {}}
             for model in self.models:
-                heldout, reference_logps = heldout_for(model.tokenizer)
-                with self.monitor.phase("held-out log-probs") as stats:
-                    logps = me.heldout_logps(model, heldout, lambdas, max_prompt_length=max_prompt_length,
-                                             batch_size=self.args.batch_size, progress=self.progress)
-                    stats.add(heldout.response_mask.sum(), heldout.num_tokens.sum())
-                reference_free = self.setting(model, "reference", "model") == "none"
-                rewards = me.implicit_rewards(logps, None if reference_free else reference_logps, heldout.num_tokens,
-                                              float(self.setting(model, "beta", 0.1)),
-                                              self.setting(model, "logprob_reduction", "mean"))
+                heldout, reference_logps, logps, rewards = rewards_at(model, lambdas)
+                if sorted(lambdas.values()) == [0.0] * (len(lambdas) - 1) + [1.0]:  # a vertex e_d: for λ-reliance
+                    at_vertices[(model.label, max(lambdas, key=lambdas.get))] = (rewards, logps)
                 mask = heldout.response_mask
                 entry["models"][model.label] = {
                     "per_dimension": me.ranking_at_lambda(rewards, heldout, lambdas, self.args.ndcg_k),
@@ -177,7 +183,24 @@ class _Run:
         for model in self.models:
             if self.setting(model, "reference", "model") == "none":
                 self.notes.append(f"{model.label} was trained reference-free: its implicit reward is β ℓ_θ")
+        reliance = {}
+        for model in self.models:
+            vertices = []
+            for d in self.dimensions:
+                if (model.label, d) not in at_vertices:  # custom --lambda: score the vertices too
+                    _, _, logps, rewards = rewards_at(model, {e: float(e == d) for e in self.dimensions})
+                    at_vertices[(model.label, d)] = (rewards, logps)
+                vertices.append(at_vertices[(model.label, d)])
+            report = me.lambda_reliance_report([v[0] for v in vertices], [v[1] for v in vertices],
+                                               heldout_for(model.tokenizer)[0])
+            reliance[model.label] = report
+            steerable = model.metadata.get("condition_on_lambda", True) and "fixed_lambda" not in model.metadata
+            if steerable and report["reliance"] is not None and report["reliance"] < 0.01:
+                self.notes.append(
+                    f"{model.label} ignores λ: its λ-reliance is {report['reliance']:.4f} nats (held-out loss barely "
+                    "changes when it is told another λ), so it cannot be steered; retrain with conditioning: lora")
         _, heldout, reference_logps = heldouts[0]
+        self.results["lambda_reliance"] = reliance
         self.results["ranking"] = entries
         self.results["reference_length_bias"] = {
             **me.length_bias_report(reference_logps, heldout.num_tokens, heldout.response_mask),

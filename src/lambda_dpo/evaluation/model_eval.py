@@ -278,6 +278,37 @@ def ranking_at_lambda(rewards: np.ndarray, heldout: Heldout, lambdas: Mapping[st
     return ranking_report(rewards, all_targets, [*dims, MIXED], heldout.response_mask, all_masks, ndcg_k)
 
 
+def lambda_reliance_report(vertex_rewards: Sequence[np.ndarray], vertex_logps: Sequence[np.ndarray],
+                           heldout: Heldout) -> dict[str, Any]:
+    """How much the policy's implicit rewards depend on λ (SPEC §1, λ-reliance), from its held-out rewards and
+    log-probs at each one-hot λ = e_p (``vertex_*[p]``: ``[B, k]``, in ``heldout.dimensions`` order).
+
+    ``matrix[p][d]`` is dimension d's listwise loss −Σ_i p*[d]_i log softmax(r)_i with the policy told e_p;
+    ``reliance`` = mean over d of (mean over p ≠ d of matrix[p][d]) − matrix[d][d] (≈ 0: λ is ignored; the same
+    number the trainer logs as ``eval_lambda_reliance``); ``logp_shift`` = mean |ℓ(y | x, e_p) − ℓ(y | x, e_q)| over
+    responses and pairs p < q, in nats per response (summed log-probs)."""
+    dims, m = heldout.dimensions, len(heldout.dimensions)
+    mask = heldout.response_mask
+    matrix = np.full((m, m), np.nan)
+    for p, rewards in enumerate(vertex_rewards):
+        logits = np.where(mask, rewards, -np.inf)
+        log_softmax = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        log_softmax = np.where(mask, log_softmax, 0.0)
+        for d in range(m):
+            rows = heldout.dimension_mask[:, d]
+            if rows.any():
+                losses = -(heldout.target_probs[:, d, :] * log_softmax).sum(-1)
+                matrix[p, d] = float(losses[rows].mean())
+    gaps = [np.mean([matrix[p, d] for p in range(m) if p != d]) - matrix[d, d] for d in range(m)
+            if m > 1 and np.isfinite(matrix[:, d]).all()]
+    shifts = [np.abs(vertex_logps[p] - vertex_logps[q])[mask] for p in range(m) for q in range(p + 1, m)]
+    return {
+        "reliance": float(np.mean(gaps)) if gaps else None,
+        "logp_shift": float(np.concatenate(shifts).mean()) if shifts else None,
+        "matrix": {dims[p]: {dims[d]: float(matrix[p, d]) for d in range(m)} for p in range(m)},
+    }
+
+
 def heldout_log_ratio(policy_logps: np.ndarray, reference_logps: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Mean and standard error of ``log π_θ(y|x,λ) − log π_ref(y|x)`` over the held-out responses.
 

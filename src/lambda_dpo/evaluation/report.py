@@ -76,6 +76,18 @@ def _ranking_section(results) -> list[str]:
     return lines
 
 
+def _reliance_section(results) -> list[str]:
+    reliance = results.get("lambda_reliance") or {}
+    if not reliance:
+        return []
+    rows = [[label, _num(r.get("reliance"), 4), _num(r.get("logp_shift"), 3)] for label, r in reliance.items()]
+    return ["## λ-reliance", "",
+            "How much the implicit rewards depend on λ: the held-out listwise loss of each dimension when the model "
+            "is told another dimension's one-hot λ, minus the loss under its own (≈ 0: λ is ignored), and the mean "
+            "|Δ log π(y | x, λ)| between one-hot λ (nats per response).", "",
+            *_table(["model", "λ-reliance (nats)", "mean |Δ log π| (nats)"], rows), ""]
+
+
 def _kl_section(results) -> list[str]:
     entries, models = results.get("ranking") or [], results["models"]
     kl = {lambda_label(e["lambda"]): e["models"] for e in results.get("kl") or []}
@@ -203,7 +215,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
              f"- reference: `{reference.get('path')}`" + (" (adapters disabled)" if reference.get("adapter_disabled") else ""),
              f"- held-out data: `{results['data']}` ({results['num_records']} lists)",
              f"- dimensions: {', '.join(results['dimensions'])}", ""]
-    for section in (_ranking_section, _kl_section, _length_section, _controllability_section, _win_rate_section,
+    for section in (_ranking_section, _reliance_section, _kl_section, _length_section, _controllability_section, _win_rate_section,
                     _lm_eval_section, _performance_section):
         lines += section(results)
     if results.get("plots"):
