@@ -1,4 +1,4 @@
-"""λ ⇄ text (SPEC §1, "Steering needs conditioning"; SPEC §3, `generate --lambda`)."""
+"""λ ⇄ text (docs/spec.md §1, "Steering needs conditioning"; docs/spec.md §3, `generate --lambda`)."""
 
 import pytest
 import torch

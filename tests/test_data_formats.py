@@ -1,4 +1,4 @@
-"""Every input format of SPEC §2 → listwise records, on real samples where the format has public data."""
+"""Every input format of docs/spec.md §2 → listwise records, on real samples where the format has public data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""λ schedules (SPEC §1, "λ schedules"): simplex, distributions, reproducibility, checkpoint state, errors."""
+"""λ schedules (docs/spec.md §1, "λ schedules"): simplex, distributions, reproducibility, checkpoint state, errors."""
 
 import math
 

@@ -452,7 +452,7 @@ def test_listwise_is_lambda_weighted_sum_of_per_dimension_losses(batch):
     weights = batch["lambdas"] * batch["dimension_mask"]
     renormalised = weights / weights.sum(-1, keepdim=True).clamp_min(1e-300)
     torch.testing.assert_close(listwise_loss(**batch), (renormalised * per_dimension).sum(-1))
-    # With no dimension masked this is the SPEC identity L_λ = Σ_d λ_d L_d, no renormalisation involved.
+    # With no dimension masked this is the identity (docs/spec.md §1) L_λ = Σ_d λ_d L_d, no renormalisation involved.
     if bool(batch["dimension_mask"].all()):
         torch.testing.assert_close(listwise_loss(**batch), (batch["lambdas"] * per_dimension).sum(-1))
 

@@ -1,4 +1,4 @@
-"""Scores → target distributions and λ-mixing (SPEC §1, "Targets" and "Masked dimensions drop out")."""
+"""Scores → target distributions and λ-mixing (docs/spec.md §1, "Targets" and "Masked dimensions drop out")."""
 
 import math
 

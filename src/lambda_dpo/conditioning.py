@@ -1,4 +1,4 @@
-"""λ ⇄ text (SPEC §1, "Steering needs conditioning").
+"""λ ⇄ text (docs/spec.md §1, "Steering needs conditioning").
 
 The policy sees λ as one line of text in the system message, e.g.
 ``Preference weights: helpfulness=0.50 honesty=0.20 instruction_following=0.20 truthfulness=0.10``.

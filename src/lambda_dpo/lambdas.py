@@ -1,4 +1,4 @@
-"""λ schedules: the training distribution P(λ) over the simplex Δ^m (SPEC §1, "λ schedules").
+"""λ schedules: the training distribution P(λ) over the simplex Δ^m (docs/spec.md §1, "λ schedules").
 
 Every schedule draws ``sample(n) -> Tensor[n, m]`` (float32, rows ≥ 0 summing to 1) from a private
 ``torch.Generator`` seeded by ``seed``, so draws do not depend on (or disturb) the global RNG and a run resumed

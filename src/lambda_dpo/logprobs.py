@@ -1,4 +1,4 @@
-"""Per-sequence response log-probabilities without the full ``[N, T, V]`` logits (SPEC §1, "Efficiency contract").
+"""Per-sequence response log-probabilities without the full ``[N, T, V]`` logits (docs/spec.md §1, "Efficiency contract").
 
 For sequence n with response positions R_n (tokens whose log-prob counts)::
 

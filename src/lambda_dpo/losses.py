@@ -1,4 +1,4 @@
-"""λ-weighted listwise DPO and its baselines as pure functions (SPEC §1, §3).
+"""λ-weighted listwise DPO and its baselines as pure functions (docs/spec.md §1, §3).
 
 Every loss takes per-response sequence log-probabilities of the policy and of the reference, the per-dimension
 target distributions and the λ weights of each prompt, and returns the per-prompt loss ``[B]`` (the caller
@@ -128,7 +128,7 @@ def listwise_loss(
     response_mask: torch.Tensor | None = None,
     dimension_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """λ-weighted listwise DPO loss (SPEC §1; arXiv:2506.19780, eq. "Lambda-weighted Listwise DPO").
+    """λ-weighted listwise DPO loss (docs/spec.md §1; arXiv:2506.19780, eq. "Lambda-weighted Listwise DPO").
 
         L_λ = − Σ_i q_i · log softmax(r)_i,   q = Σ_d λ'_d p*[d],   r_i = β (ℓ_θ(y_i) − ℓ_ref(y_i))
 
@@ -186,7 +186,7 @@ def best_worst_dpo_loss(
     response_mask: torch.Tensor | None = None,
     dimension_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SPEC's ``dpo`` baseline: :func:`dpo_loss` on the best vs the worst real response under the mixed target.
+    """The ``dpo`` baseline of docs/spec.md §1: :func:`dpo_loss` on the best vs the worst real response under the mixed target.
 
         L = −log σ(r_best − r_worst),   best = argmax_i q_i,  worst = argmin_i q_i  (over real responses)
 

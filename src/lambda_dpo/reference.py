@@ -1,4 +1,4 @@
-"""Reference log-probabilities: one pass before training, cached on disk (SPEC §1, "Reference model").
+"""Reference log-probabilities: one pass before training, cached on disk (docs/spec.md §1, "Reference model").
 
 The reference is unconditioned, ``π_ref(y | x)``, so ℓ_ref of each (prompt, response) never changes during training:
 it is computed once per response and stored. The cache file is keyed by a fingerprint of everything that determines

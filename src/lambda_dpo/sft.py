@@ -1,4 +1,4 @@
-"""Supervised warm-up on the responses of listwise records (SPEC §3 ``sft``; the paper's "Finetuned-Base").
+"""Supervised warm-up on the responses of listwise records (docs/spec.md §3 ``sft``; the paper's "Finetuned-Base").
 
 Every response of a record (or the ``top_k`` best by one dimension) becomes one example: the chat-templated prompt
 (no λ line: the warm-up is unconditioned) followed by the response and its end-of-turn token. The loss is the usual
@@ -34,7 +34,7 @@ class SFTArguments:
     """The SFT-specific fields of an ``sft`` config (the rest are ``transformers.TrainingArguments`` fields)."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Model to fine-tune: a directory or hub name."})
-    dataset: str | None = field(default=None, metadata={"help": "Training data: any SPEC §2 input (file or hub name)."})
+    dataset: str | None = field(default=None, metadata={"help": "Training data: any docs/spec.md §2 input (file or hub name)."})
     dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
     eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
     strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})

@@ -1,4 +1,4 @@
-"""Scores → per-dimension target distributions (SPEC §1, "Targets").
+"""Scores → per-dimension target distributions (docs/spec.md §1, "Targets").
 
 For each prompt and dimension d, ``p*[d] = softmax(s[d] / τ)`` over the responses that dimension scored.
 Missing scores (``None`` in records, NaN in tensors) get probability 0 — never "the worst score".

@@ -64,7 +64,7 @@ def train_from_config(config):
             logger.warning("%s data %s: %s", split, path, report.summary())
         datasets[split] = ds
     if "train" not in datasets:
-        raise SystemExit("lambda-dpo train: set `dataset` (a listwise file or any SPEC §2 input)")
+        raise SystemExit("lambda-dpo train: set `dataset` (a listwise file or any docs/spec.md §2 input)")
     tokenizer, model = load_policy(config)
     trainer = LambdaDPOTrainer(model=model, args=config, train_dataset=datasets["train"],
                                eval_dataset=datasets.get("eval"), processing_class=tokenizer)

@@ -1,7 +1,7 @@
 """`LambdaDPOConfig` and `LambdaDPOTrainer`: λ-DPO on top of `transformers.Trainer`.
 
-Data flow of one step (DESIGN.md): the collator pads B listwise rows; the step samples λ per prompt from the
-schedule, renders the λ-conditioned prompt (SPEC §1), flattens B prompts × k responses into sequences, forwards each
+Data flow of one step (docs/design.md): the collator pads B listwise rows; the step samples λ per prompt from the
+schedule, renders the λ-conditioned prompt (docs/spec.md §1), flattens B prompts × k responses into sequences, forwards each
 sequence through the policy exactly once, and hands `[B, k]` log-probs to a pure loss from `losses.py`. Reference
 log-probs are precomputed once (unconditioned prompt) and travel with the batch.
 
@@ -69,7 +69,7 @@ class LambdaDPOConfig(TrainingArguments):
     `per_device_train_batch_size`, `max_steps`, `seed`, … keep their usual names and meanings)."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Policy model: a local directory or a hub name."})
-    dataset: str | None = field(default=None, metadata={"help": "Training data: any SPEC §2 input (file or hub name)."})
+    dataset: str | None = field(default=None, metadata={"help": "Training data: any docs/spec.md §2 input (file or hub name)."})
     dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
     eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
     strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
@@ -400,7 +400,7 @@ class LambdaDPOTrainer(Trainer):
 
     # ---------------------------------------------------------------- the step
     def _policy_prompts(self, inputs, lambdas: torch.Tensor) -> list[list[int]]:
-        """Prompt token ids the policy sees: the λ line goes into the system message (SPEC §1)."""
+        """Prompt token ids the policy sees: the λ line goes into the system message (docs/spec.md §1)."""
         args = self.args
         if not args.condition_on_lambda or args.conditioning != "text":
             return inputs["prompt_input_ids"]
@@ -552,7 +552,7 @@ class LambdaDPOTrainer(Trainer):
         λ-DPO loss at the centre of the simplex. With several processes each scores its share of the records and
         the sums are reduced, so every process gets (and the learned schedule sees) the same numbers.
 
-        λ-reliance (SPEC §1) comes from the same forwards: ``eval_lambda_reliance`` = mean over d of (mean over
+        λ-reliance (docs/spec.md §1) comes from the same forwards: ``eval_lambda_reliance`` = mean over d of (mean over
         d' ≠ d of the loss on d's target with the policy conditioned on e_d') − (the loss on d's target conditioned
         on e_d), i.e. how much worse each dimension is served when the policy is told another λ (≈ 0: λ is ignored);
         ``eval_lambda_logp_shift`` = mean |ℓ_θ(y | x, e_d) − ℓ_θ(y | x, e_d')| over responses and pairs d < d', in

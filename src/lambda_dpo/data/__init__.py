@@ -1,4 +1,4 @@
-"""Data (SPEC §2): every preference format in, validated listwise records out, tokenised with a chat template.
+"""Data (docs/spec.md §2): every preference format in, validated listwise records out, tokenised with a chat template.
 
     ds, report = load_listwise("train.jsonl", return_report=True)     # any format; format="auto" detects it
     tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(...))

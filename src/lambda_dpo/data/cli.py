@@ -1,4 +1,4 @@
-"""``lambda-dpo convert INPUT -o OUT.jsonl``: any SPEC §2 input → native listwise JSONL, with a summary table.
+"""``lambda-dpo convert INPUT -o OUT.jsonl``: any docs/spec.md §2 input → native listwise JSONL, with a summary table.
 
 The summary shows records in/out, the distribution of k, a histogram of each dimension's scores, how many
 scores are missing (masked) per dimension, and rejections by reason with the first few (file:line: field).

@@ -1,4 +1,4 @@
-"""One converter per input format (SPEC §2): raw rows → validated listwise records.
+"""One converter per input format (docs/spec.md §2): raw rows → validated listwise records.
 
 Every converter takes ``rows``, an iterator of ``(line_or_row, value)`` from :mod:`lambda_dpo.data.sources`,
 and yields ``(line_or_row, record)`` or ``(line_or_row, RecordError)``; records span several rows in the

@@ -1,4 +1,4 @@
-"""``load_listwise``: any SPEC §2 input → a validated ``datasets.Dataset`` of listwise records + a report."""
+"""``load_listwise``: any docs/spec.md §2 input → a validated ``datasets.Dataset`` of listwise records + a report."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def load_listwise(
     cache_dir: str | os.PathLike | None = None,
     **format_options,
 ):
-    """Load any SPEC §2 input as validated listwise records.
+    """Load any docs/spec.md §2 input as validated listwise records.
 
     Args:
         path_or_name: a local ``.jsonl``/``.json`` (optionally ``.gz``) or ``.parquet`` file, a local dataset

@@ -1,4 +1,4 @@
-"""Listwise records — the one shape every input format becomes — and their validation (SPEC §2).
+"""Listwise records — the one shape every input format becomes — and their validation (docs/spec.md §2).
 
 A record is the dict
 

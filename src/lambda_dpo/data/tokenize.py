@@ -1,4 +1,4 @@
-"""Tokenisation of listwise records with the tokenizer's chat template (SPEC §2).
+"""Tokenisation of listwise records with the tokenizer's chat template (docs/spec.md §2).
 
 **Default chat template.** ``ensure_chat_template`` gives a tokenizer without one (GPT-2, most base models)
 ``DEFAULT_CHAT_TEMPLATE``: every message is ``<|role|>`` + newline + content + the EOS token, and the generation

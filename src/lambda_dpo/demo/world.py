@@ -241,7 +241,7 @@ def _records(
 def make_world(
     seed: int = 0, num_train: int = 1000, num_heldout: int = 16, k: int = 4, false_fact_rate: float = 0.25
 ) -> tuple[list[dict], list[dict]]:
-    """Native listwise records (SPEC §2) ``(train, heldout)``, deterministic under ``seed``.
+    """Native listwise records (docs/spec.md §2) ``(train, heldout)``, deterministic under ``seed``.
 
     Records are ``{"id", "prompt", "responses": [k strings], "scores": {dimension: [k floats]}}``; the scores are
     :func:`score_response` applied to the candidates. Held-out prompt texts never occur in train. Each split

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §4): ranking metrics, KL, length bias, win rate, controllability with Pareto/hypervolume.
+"""Evaluation (docs/spec.md §4): ranking metrics, KL, length bias, win rate, controllability with Pareto/hypervolume.
 
 Plots live in :mod:`lambda_dpo.evaluation.plots` (imported on demand: it loads matplotlib).
 """

@@ -1,4 +1,4 @@
-"""`lambda-dpo eval`: evaluate a trained model (SPEC §4) and write ``eval.json``, ``eval.md`` and PNG plots.
+"""`lambda-dpo eval`: evaluate a trained model (docs/spec.md §4) and write ``eval.json``, ``eval.md`` and PNG plots.
 
     lambda-dpo eval --model runs/x --data heldout.jsonl --scorer lambda_dpo.demo.world:scorer [--baseline runs/y]
 

@@ -1,4 +1,4 @@
-"""Controllability (SPEC §4): does choosing λ move the measured behaviour where it was asked to go?
+"""Controllability (docs/spec.md §4): does choosing λ move the measured behaviour where it was asked to go?
 
 For every λ on a simplex grid, generate responses to a fixed set of prompts, score each response on every
 dimension, then report per dimension the Spearman correlation between λ_d and score_d, and the Pareto front of the

@@ -1,4 +1,4 @@
-"""Benchmarks through lm-evaluation-harness (SPEC §4): ``lm_eval.simple_evaluate`` on a trained model.
+"""Benchmarks through lm-evaluation-harness (docs/spec.md §4): ``lm_eval.simple_evaluate`` on a trained model.
 
     results = run_lm_eval(model, tokenizer, ["arc_challenge", "gsm8k"],
                           system_instruction=lambda_system_instruction(metadata, {"helpfulness": 1.0}))

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §4): rank correlations, NDCG, ranking accuracy, Pareto front, hypervolume, KL, win rate.
+"""Evaluation metrics (docs/spec.md §4): rank correlations, NDCG, ranking accuracy, Pareto front, hypervolume, KL, win rate.
 
 Pure functions on 1-D/2-D arrays. Inputs may be lists, numpy arrays or CPU/GPU torch tensors (converted with
 ``.detach().cpu()``); outputs are Python floats or numpy arrays. "Undefined" results (a constant side of a
@@ -148,7 +148,7 @@ def ranking_report(
     dimension_mask=None,
     ndcg_k: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per-dimension ranking quality of implicit rewards against the targets (SPEC §4, first item).
+    """Per-dimension ranking quality of implicit rewards against the targets (docs/spec.md §4, first item).
 
     Args:
         rewards: ``[B, k]`` implicit rewards ``β(ℓ_θ − ℓ_ref)`` (or any score to rank responses by).
@@ -203,7 +203,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def length_bias(logps, lengths) -> float:
-    """Length bias (SPEC §4): Spearman ρ between responses' log-probabilities ``[n]`` and their lengths ``[n]``."""
+    """Length bias (docs/spec.md §4): Spearman ρ between responses' log-probabilities ``[n]`` and their lengths ``[n]``."""
     return spearman(logps, lengths)
 
 

@@ -1,4 +1,4 @@
-"""Evaluating trained models (SPEC §4): the pieces ``lambda-dpo eval`` puts together.
+"""Evaluating trained models (docs/spec.md §4): the pieces ``lambda-dpo eval`` puts together.
 
 - :class:`EvalModel`: a causal LM with its tokenizer and λ-conditioning metadata (a trained λ-DPO directory, a plain
   Hugging Face model, or the LoRA base of an adapter directory with its adapters disabled).
@@ -280,7 +280,7 @@ def ranking_at_lambda(rewards: np.ndarray, heldout: Heldout, lambdas: Mapping[st
 
 def lambda_reliance_report(vertex_rewards: Sequence[np.ndarray], vertex_logps: Sequence[np.ndarray],
                            heldout: Heldout) -> dict[str, Any]:
-    """How much the policy's implicit rewards depend on λ (SPEC §1, λ-reliance), from its held-out rewards and
+    """How much the policy's implicit rewards depend on λ (docs/spec.md §1, λ-reliance), from its held-out rewards and
     log-probs at each one-hot λ = e_p (``vertex_*[p]``: ``[B, k]``, in ``heldout.dimensions`` order).
 
     ``matrix[p][d]`` is dimension d's listwise loss −Σ_i p*[d]_i log softmax(r)_i with the policy told e_p;

@@ -1,4 +1,4 @@
-"""Scorers (SPEC §4): judge a response on every preference dimension, ``(prompt, response) -> {dimension: score}``.
+"""Scorers (docs/spec.md §4): judge a response on every preference dimension, ``(prompt, response) -> {dimension: score}``.
 
 Higher is better on every dimension. Three kinds plug into ``lambda-dpo eval --scorer SPEC`` (repeatable):
 
