@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "recipes", "steerable.yaml")
 METHODS = {
     "λ-DPO": [],
-    "unconditioned": ["--condition_on_lambda", "false", "--lambda_schedule", "fixed"],
+    "unconditioned": ["--condition_on_lambda", "false", "--lambda_schedule", "fixed", "--lambda_schedule_kwargs", "{}"],
     "DPO": ["--loss", "dpo"],
 }
 COMMON = ["--max_length", "160", "--max_prompt_length", "64", "--use_cpu", "true", "--report_to", "none",
@@ -52,7 +52,7 @@ def _cli(*args: str) -> None:
         raise SystemExit(f"failed: lambda-dpo {' '.join(args)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
-def run_world(name: str, seed: int, out: str, steps: int, samples: int) -> dict:
+def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_steps: int = 500) -> dict:
     from lambda_dpo.data import load_listwise
     from lambda_dpo.demo.cli import DemoSettings, oracle_controllability
     from lambda_dpo.demo.tiny import make_tiny_llama, train_tokenizer
@@ -72,7 +72,7 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int) -> dict:
     timings = {}
     started = time.perf_counter()
     sft = os.path.join(out, "sft")
-    _cli("sft", "--model_name_or_path", base, "--dataset", train_path, "--output_dir", sft, "--max_steps", "500",
+    _cli("sft", "--model_name_or_path", base, "--dataset", train_path, "--output_dir", sft, "--max_steps", str(sft_steps),
          "--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--lr_scheduler_type", "cosine",
          "--warmup_steps", "10", "--logging_steps", "100", "--seed", str(seed), "--max_length", "160",
          "--max_prompt_length", "64", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true")
@@ -162,16 +162,24 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=600, help="training steps of each method (the recipe's 600)")
     parser.add_argument("--samples", type=int, default=8, help="samples per held-out prompt and λ")
+    parser.add_argument("--sft-steps", type=int, default=500)
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="only print the table of earlier runs' JSON files (and write them merged to --json)")
     parser.add_argument("--out", default="runs/steering_worlds")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "steering_worlds.json"))
     args = parser.parse_args(argv)
     runs = []
-    for name in args.worlds.split(","):
+    if args.report:
+        for path in args.report:
+            with open(path) as f:
+                runs += json.load(f)["runs"]
+        args.worlds = ""
+    for name in filter(None, args.worlds.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
             started = time.perf_counter()
             print(f"== {name}, seed {seed}", flush=True)
             runs.append(run_world(name, seed, os.path.join(args.out, f"{name}-seed{seed}"), args.steps,
-                                  args.samples))
+                                  args.samples, args.sft_steps))
             print(f"   {time.perf_counter() - started:.0f} s", flush=True)
             print(table(runs[-1:]), flush=True)
     print(table(runs))

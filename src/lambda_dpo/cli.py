@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(available[name][0])
     sub_parser = argparse.ArgumentParser(prog=f"lambda-dpo {name}", description=available[name][1])
     module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
+    rest = argv[1:]
+    if getattr(module, "CONFIG_THEN_OVERRIDES", False) and rest and rest[0].startswith("--") and rest[0] not in (
+            "--help", "--help-fields"):
+        # `lambda-dpo train --model_name_or_path m …` without a YAML: argparse would read the first override as an
+        # unknown option of its own; an empty config slot hands every --key value to the overrides instead.
+        rest = ["", *rest]
+    args = sub_parser.parse_args(rest)
     from lambda_dpo.data.records import DataError
 
     try:

@@ -258,6 +258,9 @@ def parse_config(config_path: str | None, overrides: Sequence[str]):
     return sft_args, training_args
 
 
+CONFIG_THEN_OVERRIDES = True  # `lambda-dpo <cmd> [CONFIG.yaml] [--key value …]` (lambda_dpo.cli)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML file of SFTArguments and TrainingArguments fields")
     parser.add_argument("overrides", nargs=argparse.REMAINDER,

@@ -66,8 +66,11 @@ def train_from_config(config):
     if "train" not in datasets:
         raise SystemExit("lambda-dpo train: set `dataset` (a listwise file or any docs/spec.md §2 input)")
     tokenizer, model = load_policy(config)
-    trainer = LambdaDPOTrainer(model=model, args=config, train_dataset=datasets["train"],
-                               eval_dataset=datasets.get("eval"), processing_class=tokenizer)
+    try:
+        trainer = LambdaDPOTrainer(model=model, args=config, train_dataset=datasets["train"],
+                                   eval_dataset=datasets.get("eval"), processing_class=tokenizer)
+    except ValueError as e:  # a setting that does not fit the data or the model: the message names it
+        raise SystemExit(f"lambda-dpo train: {e}") from None
     resume = config.resume_from_checkpoint
     # `resume_from_checkpoint: true` (YAML or --resume_from_checkpoint true) = the last checkpoint in output_dir
     trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
@@ -75,6 +78,9 @@ def train_from_config(config):
     if config.eval_dataset:
         trainer.evaluate()
     return trainer
+
+
+CONFIG_THEN_OVERRIDES = True  # `lambda-dpo <cmd> [CONFIG.yaml] [--key value …]` (lambda_dpo.cli)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
