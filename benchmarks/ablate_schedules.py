@@ -47,9 +47,11 @@ CONFIGS = {
 def _settings(quick: bool):
     from lambda_dpo.demo.cli import DemoSettings
 
+    # The ablation compares schedules under the λ line (conditioning: text), as its README table was measured.
+    base = replace(DemoSettings(), conditioning="text")
     if quick:
-        return replace(DemoSettings(), num_train=480, sft_steps=150, dpo_steps=60, eval_prompts=8, samples=1)
-    return replace(DemoSettings(), num_train=2400, sft_steps=250, dpo_steps=300, eval_prompts=16, samples=2)
+        return replace(base, num_train=480, sft_steps=150, dpo_steps=60, eval_prompts=8, samples=1)
+    return replace(base, num_train=2400, sft_steps=250, dpo_steps=300, eval_prompts=16, samples=2)
 
 
 def _run_one(job: dict) -> dict:

@@ -3,10 +3,12 @@
 1. writes the procedural multi-objective world (`world.py`) as native listwise JSONL, loaded back through the
    project's own data path;
 2. trains a tokenizer on the world's text and a tiny random-init Llama (`tiny.py`), then an SFT warm-up on every
-   candidate response (half of them behind a random, uninformative λ line), so that the reference can produce every
-   style and the conditioning format is familiar;
-3. from that SFT model, with the same data, step budget and settings, trains three models:
-   - **λ-DPO**: listwise loss, λ shown to the policy (the method), λ drawn by ``DemoSettings.schedule``:
+   candidate response, so that the reference can produce every style (with ``conditioning: text``, half of them
+   behind a random, uninformative λ line, so that the line's format is familiar);
+3. from that SFT model, with the same data, step budget and settings (those of ``configs/recipes/steerable.yaml``),
+   trains three models:
+   - **λ-DPO**: listwise loss, the policy conditioned on λ by λ-mixed adapters (``conditioning: lora``,
+     `lambda_adapters.py`), λ drawn by ``DemoSettings.schedule``:
      `unimodal` with ``uniform_fraction`` 0.3, i.e. one-hot λ 70 % of the time and uniform on the simplex 30 %.
      One-hot λ teaches the conditioning fastest at this budget (a few hundred steps of a sub-1M model; plain
      `uniform` barely separates the vertices, see `benchmarks/ablate_schedules.py`), but alone it never shows the
@@ -58,7 +60,9 @@ class DemoSettings:
     temperature: float = 1.0  # samples of π itself: lower temperatures favour the longest continuation
     hidden: int = 128
     layers: int = 4
-    conditioning: str = "text"  # how the λ-conditioned methods see λ (LambdaDPOConfig.conditioning)
+    # How the λ-conditioned methods see λ (LambdaDPOConfig.conditioning). λ-adapters beat the λ line on every world
+    # we measured (benchmarks/steering_worlds.py; on `travel` the text-conditioned policy did not steer at all).
+    conditioning: str = "lora"
     tau_scale: str = "range"  # τ relative to each dimension's score range (LambdaDPOConfig.tau_scale)
     seed: int = 0
 
@@ -351,8 +355,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEMO_DIR_DEFAULT, help=f"run directory (default: {DEMO_DIR_DEFAULT})")
     parser.add_argument("--quick", action="store_true", help="a reduced run (about 3 minutes on 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world", default="demo", choices=["demo", "support", "travel"],
+                        help="which procedural world to run on (docs/worlds.md; default: the demo's own)")
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, world=args.world)
     return 0

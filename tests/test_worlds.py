@@ -1,0 +1,82 @@
+"""The `support` and `travel` worlds: exact scorers by hand, valid listwise data, and a quick end-to-end run per
+world with the default steerable recipe (conditioning: lora) that must steer every dimension at the vertices."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from lambda_dpo.data import load_listwise
+from lambda_dpo.demo.worlds import WORLDS, get_world
+
+
+def test_support_scorer_by_hand():
+    world = get_world("support")
+    reply = ("Dear customer, I am so sorry about this. I understand how you feel. I checked your tracking number. "
+             "Please send us a photo. Yours sincerely.")
+    # 2 empathy sentences; 1 step of the late parcel (the photo is another problem's step); formal register only
+    assert world.scorer("I have a late parcel problem.", reply) == {"empathy": 2.0, "formal": 1.0, "solved": 1.0}
+    casual = "Hey there! I am so sorry about this. I am so sorry about this. Cheers!"
+    assert world.scorer("Can you fix my late parcel?", casual) == {"empathy": 1.0, "formal": 0.0, "solved": 0.0}
+    mixed = "Dear customer, Cheers!"  # a casual phrase breaks the formal register
+    assert world.scorer("Help me with a broken screen please.", mixed)["formal"] == 0.0
+    assert world.scorer("Help me with a broken screen please.", "") == {"empathy": 0.0, "formal": 0.0, "solved": 0.0}
+    with pytest.raises(ValueError, match="exactly one entity"):
+        world.scorer("Hello?", reply)
+
+
+def test_travel_scorer_by_hand():
+    world = get_world("travel")
+    plan = ("Here is a plan for Kyoto. Walk through the bamboo grove. See the great pyramids. "
+            "Buy a day pass to save money. Watch your bag in crowded places. You will love it!")
+    scores = world.scorer("Plan a day in Kyoto.", plan)
+    words = 33
+    assert scores == {"informative": pytest.approx(1 / 3), "thrifty": 0.5, "safe": 1.0, "cheerful": 0.5,
+                      "brief": max(0.0, (32 - words) / 20)}
+    assert world.scorer("What should I do in Oslo?", "Here is a plan for Oslo.")["brief"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["support", "travel"])
+def test_world_data_is_valid_listwise_with_unseen_heldout_phrasings(tmp_path, name):
+    world = get_world(name)
+    train_path, heldout_path = world.write_world(str(tmp_path), seed=3, num_train=200, num_heldout=16)
+    train = load_listwise(train_path, format="listwise", dimensions=world.dimensions, strict=True)
+    heldout = load_listwise(heldout_path, format="listwise", dimensions=world.dimensions, strict=True)
+    assert len(train) == 200 and len(heldout) == 16
+    train_prompts = {r["prompt"][-1]["content"] for r in train}
+    assert not train_prompts & {r["prompt"][-1]["content"] for r in heldout}
+    ks = {len(r["responses"]) for r in train}
+    assert ks == set(range(world.k_range[0], world.k_range[1] + 1))
+    for record in train.select(range(20)):
+        prompt = record["prompt"][-1]["content"]
+        for d in world.dimensions:  # scores are the scorer's, and every dimension ranks something
+            assert record["scores"][d] == [world.scorer(prompt, r)[d] for r in record["responses"]]
+            assert len(set(record["scores"][d])) > 1
+    assert world.make_world(seed=3, num_train=5)[0] == world.make_world(seed=3, num_train=5)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["support", "travel"])
+def test_recipe_steers_every_dimension_of_a_world_it_was_not_tuned_on(tmp_path, name):
+    """A reduced run of the recipe (λ-DPO only): at the vertex that asks only for dimension d, the mean score on d
+    is higher than at every other vertex, for every dimension of the world."""
+    from lambda_dpo.demo.cli import METHODS, QUICK, _controllability, _train_method, prepare
+    from lambda_dpo.evaluation.controllability import lambda_grid
+    from lambda_dpo.generation import load_model
+
+    world = WORLDS[name]
+    s = replace(QUICK, num_train=1600, sft_steps=250, dpo_steps=200, samples=6, eval_prompts=12)
+    train, heldout, tokenizer, sft_dir, _ = prepare(str(tmp_path), s, world)
+    trainer, metrics, _ = _train_method("λ-DPO", METHODS["λ-DPO"], sft_dir, str(tmp_path / "model"), train, heldout,
+                                        tokenizer, s)
+    assert metrics["eval_lambda_reliance"] > 0.1
+    model, _, metadata = load_model(str(tmp_path / "model"), device="cpu")
+    prompts = [r["prompt"][-1]["content"] for r in heldout.select(range(s.eval_prompts))]
+    result = _controllability(model, tokenizer, metadata, prompts, replace(s, grid_n=1), "λ-DPO", world)
+    dims = world.dimensions
+    assert len(result.grid) == len(lambda_grid(dims, 1)) == len(dims)  # the vertices
+    vertex = {max(p, key=p.get): scores for p, scores in zip(result.grid, result.mean_scores)}
+    for i, d in enumerate(dims):
+        others = {o: round(float(vertex[o][i]), 3) for o in dims if o != d}
+        assert vertex[d][i] > max(others.values()), f"{name}/{d}: {vertex[d][i]:.3f} at its vertex vs {others}"
