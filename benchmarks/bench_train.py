@@ -8,6 +8,8 @@ response of R tokens (P + R = max_length), m preference dimensions, random-init 
                                       (with --lora: the base model, adapters disabled)
     (c) floor                         a plain transformers.Trainer step on the same B·k sequences with the model's
                                       own loss (labels = input_ids): the least any trainer must spend
+    (l) ours, λ-adapters              (a) with conditioning: lora (rank 8 per dimension on every linear layer); its
+                                      prompts carry no λ line, so it forwards a few tokens fewer than (a)
 
 A step is the body of Trainer's inner loop: ``trainer.training_step`` (forward, loss, backward), gradient clipping,
 AdamW step, scheduler step, zero_grad. Batches are collated before timing, so no dataset work is timed; what (a)
@@ -53,7 +55,8 @@ MODEL_SIZES = {
     "1.5b": dict(arch="qwen2", vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                  num_attention_heads=12, num_key_value_heads=2),
 }
-VARIANTS = {"a": "ours, ref precomputed", "b": "ours, ref every step", "c": "floor: own loss"}
+VARIANTS = {"a": "ours, ref precomputed", "b": "ours, ref every step", "c": "floor: own loss",
+            "l": "ours, λ-adapters"}
 LEARNING_RATE = 1e-5
 
 
@@ -263,19 +266,20 @@ def write_records(path: Path, tokenizer, spec: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def lambda_trainer(spec: dict, tokenizer, data, workdir: Path, precompute: bool):
-    """LambdaDPOTrainer for variant (a) (``precompute``) or (b), with a fresh policy (seed 0) and reference."""
+def lambda_trainer(spec: dict, tokenizer, data, workdir: Path, precompute: bool, conditioning: str = "text"):
+    """LambdaDPOTrainer for variant (a) (``precompute``), (b) or (l) (``conditioning="lora"``), with a fresh policy
+    (seed 0) and reference."""
     from lambda_dpo.trainer import LambdaDPOConfig, LambdaDPOTrainer
 
     lora = spec["lora"]
     args = LambdaDPOConfig(
-        output_dir=str(workdir / f"out-{precompute}"), reference_cache_dir=str(workdir / "cache"),
+        output_dir=str(workdir / f"out-{precompute}-{conditioning}"), reference_cache_dir=str(workdir / "cache"),
         per_device_train_batch_size=spec["prompts"], per_device_eval_batch_size=spec["prompts"] * spec["k"],
         max_steps=spec["total_steps"], learning_rate=LEARNING_RATE, dimensions=dimension_names(spec["m"]),
         max_length=spec["max_length"], max_prompt_length=spec["prompt_tokens"], lambda_schedule="uniform",
         precompute_reference=precompute, reference="adapter-disabled" if lora else "model", use_lora=lora,
         use_cpu=spec["device"] == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, seed=0,
+        disable_tqdm=True, seed=0, conditioning=conditioning,
     )
     policy = build_model(spec["size"], 0, spec["dtype"], spec["device"], lora)
     reference = None if lora else build_model(spec["size"], 1, spec["dtype"], spec["device"], False)
@@ -329,7 +333,8 @@ def build_variant(name: str, spec: dict, tokenizer, data, workdir: Path):
         trainer = floor_trainer(spec, tokenizer, tokenized, workdir)
         batches = fixed_batches(trainer, spec["prompts"] * spec["k"])
     else:
-        trainer = lambda_trainer(spec, tokenizer, data, workdir, precompute=name == "a")
+        trainer = lambda_trainer(spec, tokenizer, data, workdir, precompute=name in "al",
+                                 conditioning="lora" if name == "l" else "text")
         batches = fixed_batches(trainer, spec["prompts"])
     gc.collect()
     prepare_manual_steps(trainer, spec["total_steps"])
@@ -457,10 +462,11 @@ def main(argv=None) -> int:
     for size in args.model_size:
         params = count_parameters(size)
         for prompts in args.prompts:
-            spec = dict(common, size=size, prompts=prompts, variants=list(VARIANTS))
+            # λ-adapters are themselves low-rank adapters: not combined with peft LoRA (--lora)
+            spec = dict(common, size=size, prompts=prompts, variants=[v for v in VARIANTS if not (args.lora and v == "l")])
             print(f"running {size} B={prompts} …", file=sys.stderr, flush=True)
             times = run_worker(__file__, dict(spec, mode="time"))
-            for name in VARIANTS:
+            for name in spec["variants"]:
                 memory = run_worker(__file__, dict(spec, mode="memory", variant=name))
                 seconds = median(times[name]["seconds"])
                 rows.append({"size": size, "parameters": params, "prompts": prompts, "variant": name,
@@ -500,15 +506,17 @@ def report(rows: list[dict], args, common: dict, load_at_start: float) -> None:
               f"{render:>13}")
     ratios = []
     for size, prompts in dict.fromkeys((r["size"], r["prompts"]) for r in rows):
-        a, b, c = (by_key[(size, prompts, v)] for v in "abc")
+        a, b, c, lora = (by_key.get((size, prompts, v)) for v in "abcl")
         a_over_c = paired_ratio(a["step_seconds_all"], c["step_seconds_all"])
+        l_over_a = paired_ratio(lora["step_seconds_all"], a["step_seconds_all"]) if lora else None
         b_over_a = paired_ratio(b["step_seconds_all"], a["step_seconds_all"])
         ratios.append({"size": size, "prompts": prompts, "a_over_c": a_over_c, "b_over_a": b_over_a,
                        "a_over_c_of_medians": a["step_seconds"] / c["step_seconds"],
                        "b_over_a_of_medians": b["step_seconds"] / a["step_seconds"],
-                       "meets_a_over_c_target": a_over_c <= 1.10})
+                       "meets_a_over_c_target": a_over_c <= 1.10, "l_over_a": l_over_a})
         print(f"{size} B={prompts}: (a)/(c) = {a_over_c:.2f} ({'meets' if a_over_c <= 1.10 else 'misses'} ≤ 1.10), "
-              f"(b)/(a) = {b_over_a:.2f}   (median of per-step ratios)")
+              f"(b)/(a) = {b_over_a:.2f}" + (f", (l)/(a) = {l_over_a:.2f}" if lora else "")
+              + "   (median of per-step ratios)")
     memory = ("torch.cuda.max_memory_allocated over the measured steps" if cuda else
               "VmHWM (reset after setup + warm-up) minus RSS after imports; step Δ: minus RSS before the steps")
     out = {"benchmark": "bench_train", "machine": info, "memory_measure": memory,

@@ -217,3 +217,23 @@ def test_eval_cli_reports_lambda_reliance_of_a_lora_conditioned_model(tmp_path):
     trained_metrics = trainer.evaluate()
     assert report["reliance"] == pytest.approx(trained_metrics["eval_lambda_reliance"], rel=0.05)
     assert "λ-reliance" in open(tmp_path / "eval" / "eval.md").read()
+
+
+@pytest.mark.parametrize("conditioning", ["text", "lora"])
+def test_saved_model_dir_has_a_model_card_that_says_how_to_steer_it(tmp_path, conditioning):
+    tokenizer = gpt2_tokenizer()
+    trainer = _train(tmp_path, tokenizer, conditioning, conditioning=conditioning, max_steps=1)
+    trainer.train()
+    trainer.evaluate()
+    out = trainer.save_final()
+    card = open(f"{out}/README.md").read()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "library_name: transformers" in front and "- lambda-dpo" in front and "- dpo" in front
+    assert "1. `helpfulness`" in body and "2. `honesty`" in body
+    assert "ranking accuracy, helpfulness" in body and "λ-reliance" in body
+    if conditioning == "text":  # the exact system line, for transformers and for an OpenAI-compatible server
+        assert "Preference weights: helpfulness=0.50 honesty=0.50" in body and "v1/chat/completions" in body
+    else:
+        assert "lambda-dpo export" in body and "vllm serve" in body
+    trainer.create_model_card()  # what push_to_hub calls: our card, not the Trainer's generic one
+    assert "How to steer it" in open(f"{out}/README.md").read()

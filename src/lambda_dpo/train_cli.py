@@ -74,9 +74,9 @@ def train_from_config(config):
     resume = config.resume_from_checkpoint
     # `resume_from_checkpoint: true` (YAML or --resume_from_checkpoint true) = the last checkpoint in output_dir
     trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
-    trainer.save_final()
-    if config.eval_dataset:
+    if config.eval_dataset:  # before saving, so that the model card carries the final held-out metrics
         trainer.evaluate()
+    trainer.save_final()
     return trainer
 
 

@@ -666,7 +666,21 @@ class LambdaDPOTrainer(Trainer):
             os.makedirs(output_dir, exist_ok=True)
             save_adapters(self.model, output_dir)
         super()._save(output_dir, state_dict)
-        write_metadata(output_dir, self.dimensions, self.args, self.model)
+        self._write_model_dir_files(output_dir, self.model)
+
+    def _write_model_dir_files(self, output_dir: str, model) -> None:
+        """`lambda_dpo.json` and the model card (`README.md`, with the last held-out metrics) of a saved model."""
+        from lambda_dpo.model_card import write_card
+
+        metadata = write_metadata(output_dir, self.dimensions, self.args, model)
+        evaluations = [entry for entry in self.state.log_history if "eval_loss" in entry]
+        write_card(output_dir, metadata, evaluations[-1] if evaluations else None,
+                   self.args.hub_model_id if self.args.push_to_hub else None)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """`push_to_hub` writes the Trainer's generic card here: ours (how to steer the model) replaces it."""
+        if self.is_world_process_zero():
+            self._write_model_dir_files(self.args.output_dir, self.model)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -712,7 +726,7 @@ class LambdaDPOTrainer(Trainer):
             if self.args.should_save:
                 merged.save_pretrained(output_dir)
                 self.processing_class.save_pretrained(output_dir)
-                write_metadata(output_dir, self.dimensions, self.args, merged)
+                self._write_model_dir_files(output_dir, merged)
             self.model = merged
             self.accelerator.wait_for_everyone()
         else:
@@ -744,7 +758,7 @@ class MetricsFileCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig, model=None) -> None:
+def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig, model=None) -> dict[str, Any]:
     """Write `lambda_dpo.json`: what generation needs to condition on λ exactly as training did (the mechanism,
     the dimensions in order, the template or the λ-adapters' shape), plus the settings."""
     adapters = get_adapters(model) if model is not None else None
@@ -763,6 +777,7 @@ def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig
     with open(tmp, "w") as f:
         json.dump(metadata, f, indent=2)
     os.replace(tmp, os.path.join(output_dir, METADATA_FILE))
+    return metadata
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
