@@ -52,7 +52,10 @@ def _cli(*args: str) -> None:
         raise SystemExit(f"failed: lambda-dpo {' '.join(args)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
-def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_steps: int = 500) -> dict:
+def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_steps: int = 500,
+              reuse: bool = False) -> dict:
+    """One world and seed (see the module docstring); ``reuse`` keeps the SFT and trained models already in
+    ``out`` (their settings must be the same) and only evaluates again."""
     from lambda_dpo.data import load_listwise
     from lambda_dpo.demo.cli import DemoSettings, oracle_controllability
     from lambda_dpo.demo.tiny import make_tiny_llama, train_tokenizer
@@ -65,26 +68,32 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_step
     os.makedirs(out, exist_ok=True)
     train_path, heldout_path = world.write_world(os.path.join(out, "data"), seed=seed, num_train=steps * 8,
                                                  num_heldout=16)
-    tokenizer = train_tokenizer(world.vocabulary_texts())
-    base = os.path.join(out, "base")
-    make_tiny_llama(tokenizer, seed=seed).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base, sft = os.path.join(out, "base"), os.path.join(out, "sft")
+
+    def done(path):  # a model directory this run may keep
+        return reuse and os.path.exists(os.path.join(path, "config.json"))
+
+    if not done(base):
+        tokenizer = train_tokenizer(world.vocabulary_texts())
+        make_tiny_llama(tokenizer, seed=seed).save_pretrained(base)
+        tokenizer.save_pretrained(base)
     timings = {}
     started = time.perf_counter()
-    sft = os.path.join(out, "sft")
-    _cli("sft", "--model_name_or_path", base, "--dataset", train_path, "--output_dir", sft, "--max_steps", str(sft_steps),
-         "--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--lr_scheduler_type", "cosine",
-         "--warmup_steps", "10", "--logging_steps", "100", "--seed", str(seed), "--max_length", "160",
-         "--max_prompt_length", "64", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true")
+    if not done(sft):
+        _cli("sft", "--model_name_or_path", base, "--dataset", train_path, "--output_dir", sft, "--max_steps", str(sft_steps),
+             "--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--lr_scheduler_type", "cosine",
+             "--warmup_steps", "10", "--logging_steps", "100", "--seed", str(seed), "--max_length", "160",
+             "--max_prompt_length", "64", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true")
     timings["sft"] = time.perf_counter() - started
     results, rows = {}, {}
     for label, extra in METHODS.items():
         model_dir = os.path.join(out, label.replace("λ", "lambda").lower())
         started = time.perf_counter()
-        _cli("train", RECIPE, "--model_name_or_path", sft, "--dataset", train_path, "--eval_dataset", heldout_path,
-             "--output_dir", model_dir, "--seed", str(seed), "--max_steps", str(steps),
-             "--reference_cache_dir", os.path.join(out, "reference_cache"), *COMMON, *extra)
-        timings[label] = time.perf_counter() - started
+        if not done(model_dir):
+            _cli("train", RECIPE, "--model_name_or_path", sft, "--dataset", train_path, "--eval_dataset",
+                 heldout_path, "--output_dir", model_dir, "--seed", str(seed), "--max_steps", str(steps),
+                 "--reference_cache_dir", os.path.join(out, "reference_cache"), *COMMON, *extra)
+            timings[label] = time.perf_counter() - started
         _cli("eval", "--model", model_dir, "--data", heldout_path, "--scorer",
              f"lambda_dpo.demo.worlds:{name}_scorer" if name != "demo" else "lambda_dpo.demo.world:scorer",
              "--grid", "3", "--num-prompts", "16", "--num-samples", str(samples), "--temperature", "1.0",
@@ -163,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=600, help="training steps of each method (the recipe's 600)")
     parser.add_argument("--samples", type=int, default=8, help="samples per held-out prompt and λ")
     parser.add_argument("--sft-steps", type=int, default=500)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the base, SFT and trained models already in --out and only evaluate again")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="only print the table of earlier runs' JSON files (and write them merged to --json)")
     parser.add_argument("--out", default="runs/steering_worlds")
@@ -179,7 +190,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             print(f"== {name}, seed {seed}", flush=True)
             runs.append(run_world(name, seed, os.path.join(args.out, f"{name}-seed{seed}"), args.steps,
-                                  args.samples, args.sft_steps))
+                                  args.samples, args.sft_steps, args.reuse))
             print(f"   {time.perf_counter() - started:.0f} s", flush=True)
             print(table(runs[-1:]), flush=True)
     print(table(runs))

@@ -4,6 +4,7 @@ trainer's λ-reliance diagnostic on a steering and a λ-ignoring model."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from lambda_dpo.lambda_adapters import (
     merge_lambda,
     set_lambdas,
 )
-from lambda_dpo.trainer import LambdaDPOTrainer, lambda_reliance
+from lambda_dpo.reliance import per_dimension, relative, target_cross_entropy
+from lambda_dpo.trainer import LambdaDPOTrainer
 
 DIMS = ["a", "b", "c"]
 
@@ -141,10 +143,22 @@ def test_resume_of_a_lora_conditioned_run_gives_identical_losses(tmp_path):
     assert again[-2:] == pytest.approx(losses[-2:], abs=1e-6)
 
 
-def test_lambda_reliance_from_the_cross_loss_matrix():
-    cross = {"cross/a/a": 0.5, "cross/b/a": 0.9, "cross/a/b": 1.0, "cross/b/b": 0.4}
-    assert lambda_reliance(cross, ["a", "b"]) == pytest.approx(((0.9 - 0.5) + (1.0 - 0.4)) / 2)
-    assert lambda_reliance({"cross/a/a": 1.0}, ["a"]) is None
+def test_lambda_reliance_from_the_cross_loss_matrix_and_the_targets_own():
+    cross = {("a", "a"): 0.5, ("b", "a"): 0.9, ("a", "b"): 1.0, ("b", "b"): 0.4}  # (told, scored on)
+    gaps = per_dimension(cross, ["a", "b"])
+    assert gaps == pytest.approx({"a": 0.9 - 0.5, "b": 1.0 - 0.4})
+    assert per_dimension({("a", "a"): 1.0}, ["a"]) == {}
+    # The ideal gap by hand: targets p*[a] = (0.8, 0.2), p*[b] = (0.3, 0.7) on one prompt
+    targets = torch.tensor([[[0.8, 0.2], [0.3, 0.7]]])
+    sums, counts = target_cross_entropy(targets, torch.tensor([[True, True]]))
+    ce = lambda p, q: -sum(pi * math.log(qi) for pi, qi in zip(p, q))  # noqa: E731
+    assert sums[1, 0].item() == pytest.approx(ce([0.8, 0.2], [0.3, 0.7]))  # scored on a, told b
+    assert sums[0, 0].item() == pytest.approx(ce([0.8, 0.2], [0.8, 0.2]))  # H(p*[a])
+    assert counts.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    ideal = per_dimension({(p, d): sums[i, j].item() for i, p in enumerate("ab") for j, d in enumerate("ab")},
+                          ["a", "b"])
+    assert relative(gaps, ideal)["a"] == pytest.approx(0.4 / (ce([0.8, 0.2], [0.3, 0.7]) - ce([0.8, 0.2], [0.8, 0.2])))
+    assert relative({"a": 0.3}, {"a": 0.0}) == {}  # the data give λ nothing to do: no relative reliance
 
 
 def test_reliance_is_zero_for_an_unconditioned_policy_and_positive_once_lambda_is_used(tmp_path, caplog):
@@ -166,11 +180,12 @@ def test_reliance_is_zero_for_an_unconditioned_policy_and_positive_once_lambda_i
     assert any("ignores λ" in r.message and "conditioning: lora" in r.message for r in caplog.records)
 
     steering = _train(tmp_path, tokenizer, "steer", conditioning="lora", conditioning_rank=4,
-                      lambda_schedule="unimodal", max_steps=30, learning_rate=3e-2, beta=1.0, tau=0.5)
+                      lambda_schedule="unimodal", max_steps=40, learning_rate=3e-2, beta=1.0, tau=2.0)
     steering.train()
     metrics = steering.evaluate()
     assert metrics["eval_lambda_logp_shift"] > 0.1
     assert metrics["eval_lambda_reliance"] > 0.02
+    assert all(metrics[f"eval_lambda_reliance_relative/{d}"] > 0.1 for d in ("helpfulness", "honesty"))
 
 
 def test_export_cli_writes_a_plain_model_equal_to_the_mixed_one_at_that_lambda(tmp_path):
@@ -216,6 +231,7 @@ def test_eval_cli_reports_lambda_reliance_of_a_lora_conditioned_model(tmp_path):
     assert report["reliance"] > 0.02 and report["logp_shift"] > 0.1
     trained_metrics = trainer.evaluate()
     assert report["reliance"] == pytest.approx(trained_metrics["eval_lambda_reliance"], rel=0.05)
+    assert report["relative"] == pytest.approx(trained_metrics["eval_lambda_reliance_relative"], rel=0.05)
     assert "λ-reliance" in open(tmp_path / "eval" / "eval.md").read()
 
 

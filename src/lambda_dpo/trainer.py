@@ -32,6 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from lambda_dpo import reliance
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
 from lambda_dpo.lambda_adapters import (
     ADAPTERS_FILE,
@@ -44,6 +45,7 @@ from lambda_dpo.lambda_adapters import ATTRIBUTE as ADAPTER_ATTRIBUTE
 from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
+from lambda_dpo.reliance import target_cross_entropy
 from lambda_dpo.targets import mix_targets, target_probs_from_scores
 
 logger = logging.getLogger(__name__)
@@ -112,11 +114,14 @@ class LambdaDPOConfig(TrainingArguments):
     )
     lambda_reliance_check: float = field(
         default=0.3,
-        metadata={"help": "Fraction of max_steps after which an evaluation whose λ-reliance (eval_lambda_reliance) is "
-                          "still below lambda_reliance_min warns that the policy ignores λ (0 = never warn)."},
+        metadata={"help": "Fraction of max_steps after which an evaluation whose relative λ-reliance "
+                          "(eval_lambda_reliance_relative/<d>) is still below lambda_reliance_min for some dimension "
+                          "warns that the policy ignores λ there (0 = never warn)."},
     )
     lambda_reliance_min: float = field(
-        default=0.01, metadata={"help": "λ-reliance (nats of held-out loss) below which a λ-conditioned run warns."}
+        default=0.1,
+        metadata={"help": "Relative λ-reliance (the share of the targets' own dependence on λ that the policy shows, "
+                          "lambda_dpo.reliance) below which a λ-conditioned run warns, per dimension."},
     )
     beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·(ℓ_θ − ℓ_ref)."})
     tau: float = field(default=1.0, metadata={"help": "τ: temperature of the targets softmax(s/τ)."})
@@ -448,6 +453,13 @@ class LambdaDPOTrainer(Trainer):
         return self._listwise_logps(model, inputs["prompt_input_ids"], inputs["response_input_ids"],
                                     response_mask, grad=False)[0]
 
+    def _targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target_probs [B, m, k], dimension_mask [B, m])`` of a batch: softmax(s/τ) per dimension."""
+        scores = inputs["scores"]
+        if self.score_scale is not None:  # τ_d = τ · range_d: divide the scores instead
+            scores = scores / self.score_scale.to(scores.device)[:, None]
+        return target_probs_from_scores(scores, self.args.tau, inputs["response_mask"])
+
     def _sample_lambdas(self, batch_size: int) -> torch.Tensor:
         if self.args.lambda_sampling == "batch":
             return self.schedule.sample(1).expand(batch_size, -1)
@@ -462,10 +474,7 @@ class LambdaDPOTrainer(Trainer):
             model, self._policy_prompts(inputs, lambdas), inputs["response_input_ids"], response_mask, grad,
             adapter_lambdas)
         reference = self._reference_logps(inputs, response_mask)
-        scores = inputs["scores"]
-        if self.score_scale is not None:  # τ_d = τ · range_d: divide the scores instead
-            scores = scores / self.score_scale.to(scores.device)[:, None]
-        target_probs, dimension_mask = target_probs_from_scores(scores, self.args.tau, response_mask)
+        target_probs, dimension_mask = self._targets(inputs)
         loss_kwargs = {"weighting": self.args.pairwise_weighting} if self.args.loss == "pairwise" else {}
         per_prompt = LOSSES[self.args.loss](policy, reference, target_probs, lambdas, self.args.beta,
                                             response_mask=response_mask, dimension_mask=dimension_mask, **loss_kwargs)
@@ -552,9 +561,11 @@ class LambdaDPOTrainer(Trainer):
         λ-DPO loss at the centre of the simplex. With several processes each scores its share of the records and
         the sums are reduced, so every process gets (and the learned schedule sees) the same numbers.
 
-        λ-reliance (docs/spec.md §1) comes from the same forwards: ``eval_lambda_reliance`` = mean over d of (mean over
+        λ-reliance (`lambda_dpo.reliance`) comes from the same forwards: ``eval_lambda_reliance/<d>`` = (mean over
         d' ≠ d of the loss on d's target with the policy conditioned on e_d') − (the loss on d's target conditioned
-        on e_d), i.e. how much worse each dimension is served when the policy is told another λ (≈ 0: λ is ignored);
+        on e_d), i.e. how much worse d is served when the policy is told another λ (≈ 0: λ is ignored);
+        ``eval_lambda_reliance_relative/<d>`` = that gap over the targets' own (scale-free: 1 = as λ-dependent as
+        the targets); ``eval_lambda_reliance`` and ``…_relative`` are their means over dimensions;
         ``eval_lambda_logp_shift`` = mean |ℓ_θ(y | x, e_d) − ℓ_θ(y | x, e_d')| over responses and pairs d < d', in
         the configured reduction (nats per response for sum, per token for mean)."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -588,6 +599,12 @@ class LambdaDPOTrainer(Trainer):
                     if count > 0 and math.isfinite(value):
                         sums[f"cross/{probe}/{d}"] += value * count
                         counts[f"cross/{probe}/{d}"] += count
+            target_probs, dimension_mask = self._targets(inputs)
+            ideal_sums, ideal_counts = target_cross_entropy(target_probs.float(), dimension_mask)
+            for i, p in enumerate(self.dimensions):
+                for j, d in enumerate(self.dimensions):
+                    sums[f"ideal/{p}/{d}"] += ideal_sums[i, j].item()
+                    counts[f"ideal/{p}/{d}"] += ideal_counts[i, j].item()
             real = inputs["response_mask"] & torch.isfinite(inputs["scores"]).any(1)
             for i in range(m):
                 for j in range(i + 1, m):
@@ -596,21 +613,29 @@ class LambdaDPOTrainer(Trainer):
                     counts["logp_shift"] += shift.numel()
         model.train(was_training)
         cross = [f"cross/{p}/{d}" for p in self.dimensions for d in self.dimensions]
+        ideal = [f"ideal/{p}/{d}" for p in self.dimensions for d in self.dimensions]
         names = ["loss", *(f"{key}/{d}" for d in self.dimensions for key in ("loss", "accuracy", "margin")),
-                 *cross, "logp_shift"]
+                 *cross, *ideal, "logp_shift"]
         device = self.args.device if self.accelerator.num_processes > 1 else "cpu"
         local = torch.tensor([*(sums[k] for k in names), *(counts[k] for k in names)], dtype=torch.float64,
                              device=device)
         total = self.accelerator.reduce(local, "sum").tolist()
         metrics = {f"{metric_key_prefix}_{name}": total[i] / total[len(names) + i]
                    for i, name in enumerate(names) if total[len(names) + i] > 0}
-        reliance = lambda_reliance({key: metrics.pop(f"{metric_key_prefix}_{key}") for key in cross
-                                    if f"{metric_key_prefix}_{key}" in metrics}, self.dimensions)
-        if reliance is not None:
-            metrics[f"{metric_key_prefix}_lambda_reliance"] = reliance
+        def matrix(keys):  # "kind/p/d" -> {(p, d): value}, out of the logged metrics
+            return {tuple(key.split("/")[1:]): metrics.pop(f"{metric_key_prefix}_{key}") for key in keys
+                    if f"{metric_key_prefix}_{key}" in metrics}
+
+        gaps = reliance.per_dimension(matrix(cross), self.dimensions)
+        relative = reliance.relative(gaps, reliance.per_dimension(matrix(ideal), self.dimensions))
+        for name, values in (("lambda_reliance", gaps), ("lambda_reliance_relative", relative)):
+            for d, value in values.items():
+                metrics[f"{metric_key_prefix}_{name}/{d}"] = value
+            if values:
+                metrics[f"{metric_key_prefix}_{name}"] = sum(values.values()) / len(values)
         if f"{metric_key_prefix}_logp_shift" in metrics:
             metrics[f"{metric_key_prefix}_lambda_logp_shift"] = metrics.pop(f"{metric_key_prefix}_logp_shift")
-        self._check_reliance(reliance)
+        self._check_reliance(relative)
         accuracies = [v for k, v in metrics.items() if "accuracy/" in k]
         if accuracies:
             metrics[f"{metric_key_prefix}_accuracy_worst"] = min(accuracies)
@@ -623,24 +648,28 @@ class LambdaDPOTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _check_reliance(self, reliance: float | None) -> None:
-        """Warn once when a run meant to be steerable still has not learned to use λ past `lambda_reliance_check`
-        of its steps: that failure is otherwise invisible until a full controllability evaluation."""
+    def _check_reliance(self, relative: dict[str, float]) -> None:
+        """Warn once when a run meant to be steerable still has not learned to use λ for some dimension past
+        `lambda_reliance_check` of its steps: that failure is otherwise invisible until a full controllability
+        evaluation. Per dimension, because a policy can follow λ on one dimension and ignore it on the others."""
         args = self.args
-        if (reliance is None or not args.condition_on_lambda or args.lambda_reliance_check <= 0
+        if (not relative or not args.condition_on_lambda or args.lambda_reliance_check <= 0
                 or getattr(self, "_reliance_warned", False) or args.max_steps <= 0
-                or self.state.global_step < args.lambda_reliance_check * args.max_steps
-                or reliance >= args.lambda_reliance_min):
+                or self.state.global_step < args.lambda_reliance_check * args.max_steps):
+            return
+        weak = {d: share for d, share in relative.items() if share < args.lambda_reliance_min}
+        if not weak:
             return
         self._reliance_warned = True
         hints = ("conditioning: lora (λ-mixed adapters: λ changes the weights, not only the prompt)"
                  if args.conditioning == "text" else "a larger conditioning_rank or learning_rate")
         logger.warning(
-            "the policy ignores λ: at step %d of %d its λ-reliance is %.4f nats (< lambda_reliance_min %.4g), i.e. "
-            "telling it another λ barely changes its held-out loss, so it will not be steerable. Try %s; a "
-            "one-hot-heavy schedule (lambda_schedule: unimodal, lambda_schedule_kwargs {\"uniform_fraction\": 0.3}); "
-            "sharper targets (a smaller tau for the data's score scale); or more steps",
-            self.state.global_step, args.max_steps, reliance, args.lambda_reliance_min, hints)
+            "the policy ignores λ for %s: at step %d of %d, telling it λ = that dimension serves it hardly better "
+            "than telling it another one (relative λ-reliance %s < lambda_reliance_min %.3g; 1 = as much as the "
+            "targets depend on λ), so it will not be steerable there. Try %s; a one-hot-heavy schedule (lambda_schedule: unimodal, lambda_schedule_kwargs "
+            "{\"uniform_fraction\": 0.3}); sharper targets (tau_scale: range with a small tau); or more steps",
+            ", ".join(weak), self.state.global_step, args.max_steps,
+            ", ".join(f"{d} {share:.3f}" for d, share in weak.items()), args.lambda_reliance_min, hints)
 
     def _without_repeated_rows(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Blank the scores of the rows accelerate repeated to give every process equally many full batches
@@ -814,22 +843,6 @@ def score_ranges(dataset, dimensions: list[str]) -> torch.Tensor:
                 low[d], high[d] = min(low[d], *values), max(high[d], *values)
     ranges = [high[d] - low[d] if high[d] > low[d] else 1.0 for d in dimensions]
     return torch.tensor(ranges, dtype=torch.float32)
-
-
-def lambda_reliance(cross_losses: dict[str, float], dimensions: list[str]) -> float | None:
-    """λ-reliance from the held-out loss matrix ``cross_losses["cross/<probe>/<d>"]`` (dimension d's loss with the
-    policy conditioned on the one-hot λ of ``probe``): mean over d of (mean over probes ≠ d) − (probe = d).
-
-    ≈ 0 when the policy ignores λ; > 0 when each dimension is served best under its own λ. ``None`` with one
-    dimension (nothing to swap) or missing entries."""
-    gaps = []
-    for d in dimensions:
-        own = cross_losses.get(f"cross/{d}/{d}")
-        others = [cross_losses.get(f"cross/{p}/{d}") for p in dimensions if p != d]
-        if own is None or not others or any(v is None for v in others):
-            continue
-        gaps.append(sum(others) / len(others) - own)
-    return sum(gaps) / len(gaps) if gaps else None
 
 
 def padded_length(sequence_lengths: list[int]) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -67,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-eval-batch-size", type=int, default=8)
     lm.add_argument("--lm-eval-chat-template", action=argparse.BooleanOptionalAction, default=True,
                     help="render benchmark prompts with the chat template (the λ line as system message)")
+
+
+RELIANCE_MIN = 0.1  # relative λ-reliance: the trainer's lambda_reliance_min default
 
 
 def _lambdas(texts: Sequence[str] | None, dimensions: list[str], normalize: bool) -> list[dict[str, float]]:
@@ -195,10 +197,12 @@ class _Run:
                                                heldout_for(model.tokenizer)[0])
             reliance[model.label] = report
             steerable = model.metadata.get("condition_on_lambda", True) and "fixed_lambda" not in model.metadata
-            if steerable and report["reliance"] is not None and report["reliance"] < 0.01:
+            weak = {d: share for d, share in report["relative_per_dimension"].items() if share < RELIANCE_MIN}
+            if steerable and weak:
                 self.notes.append(
-                    f"{model.label} ignores λ: its λ-reliance is {report['reliance']:.4f} nats (held-out loss barely "
-                    "changes when it is told another λ), so it cannot be steered; retrain with conditioning: lora")
+                    f"{model.label} ignores λ for {', '.join(weak)} (relative λ-reliance "
+                    f"{', '.join(f'{d} {g:.3f}' for d, g in weak.items())}: told λ = that dimension, it serves it "
+                    "hardly better than told another), so it cannot be steered there; retrain with conditioning: lora")
         _, heldout, reference_logps = heldouts[0]
         self.results["lambda_reliance"] = reliance
         self.results["ranking"] = entries
@@ -260,13 +264,13 @@ class _Run:
         }
 
     def _sample_fn(self, model: me.EvalModel):
-        calls = itertools.count()
-
         def sample_fn(prompts: list[str], lambdas: dict[str, float], num_samples: int) -> list[list[str]]:
             # evaluate_controllability passes back the prompt texts it was given, in order.
             assert [p.text for p in self.prompts] == list(prompts)
-            return me.generate_responses(model, self.prompts, lambdas, self.generation,
-                                         seed_offset=next(calls))
+            # The same seed at every λ (common random numbers): scores then differ between grid points only
+            # because λ changed the model's distribution, not by sampling noise, so a model that ignores λ gives
+            # identical samples everywhere (Spearman undefined, never a spurious ±0.8 on 10 noisy grid means).
+            return me.generate_responses(model, self.prompts, lambdas, self.generation, seed_offset=0)
 
         return sample_fn
 

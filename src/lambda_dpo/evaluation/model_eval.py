@@ -284,8 +284,9 @@ def lambda_reliance_report(vertex_rewards: Sequence[np.ndarray], vertex_logps: S
     log-probs at each one-hot λ = e_p (``vertex_*[p]``: ``[B, k]``, in ``heldout.dimensions`` order).
 
     ``matrix[p][d]`` is dimension d's listwise loss −Σ_i p*[d]_i log softmax(r)_i with the policy told e_p;
-    ``reliance`` = mean over d of (mean over p ≠ d of matrix[p][d]) − matrix[d][d] (≈ 0: λ is ignored; the same
-    number the trainer logs as ``eval_lambda_reliance``); ``logp_shift`` = mean |ℓ(y | x, e_p) − ℓ(y | x, e_q)| over
+    ``per_dimension[d]`` = (mean over p ≠ d of matrix[p][d]) − matrix[d][d] (≈ 0: λ is ignored for d),
+    ``relative_per_dimension[d]`` that gap over the targets' own (`lambda_dpo.reliance`; 1 = as λ-dependent as the
+    targets), ``reliance`` / ``relative`` their means (what the trainer logs as ``eval_lambda_reliance…``); ``logp_shift`` = mean |ℓ(y | x, e_p) − ℓ(y | x, e_q)| over
     responses and pairs p < q, in nats per response (summed log-probs)."""
     dims, m = heldout.dimensions, len(heldout.dimensions)
     mask = heldout.response_mask
@@ -299,11 +300,21 @@ def lambda_reliance_report(vertex_rewards: Sequence[np.ndarray], vertex_logps: S
             if rows.any():
                 losses = -(heldout.target_probs[:, d, :] * log_softmax).sum(-1)
                 matrix[p, d] = float(losses[rows].mean())
-    gaps = [np.mean([matrix[p, d] for p in range(m) if p != d]) - matrix[d, d] for d in range(m)
-            if m > 1 and np.isfinite(matrix[:, d]).all()]
+    from lambda_dpo import reliance
+
+    as_dict = {(dims[p], dims[d]): float(matrix[p, d]) for p in range(m) for d in range(m) if np.isfinite(matrix[p, d])}
+    gaps = reliance.per_dimension(as_dict, dims)
+    ideal_sums, ideal_counts = reliance.target_cross_entropy(torch.from_numpy(heldout.target_probs).double(),
+                                                             torch.from_numpy(heldout.dimension_mask))
+    ideal = {(dims[p], dims[d]): float(ideal_sums[p, d] / ideal_counts[p, d])
+             for p in range(m) for d in range(m) if ideal_counts[p, d] > 0}
+    relative = reliance.relative(gaps, reliance.per_dimension(ideal, dims))
     shifts = [np.abs(vertex_logps[p] - vertex_logps[q])[mask] for p in range(m) for q in range(p + 1, m)]
     return {
-        "reliance": float(np.mean(gaps)) if gaps else None,
+        "reliance": float(np.mean(list(gaps.values()))) if gaps else None,
+        "per_dimension": gaps,
+        "relative": float(np.mean(list(relative.values()))) if relative else None,
+        "relative_per_dimension": relative,
         "logp_shift": float(np.concatenate(shifts).mean()) if shifts else None,
         "matrix": {dims[p]: {dims[d]: float(matrix[p, d]) for d in range(m)} for p in range(m)},
     }

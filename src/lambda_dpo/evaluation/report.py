@@ -80,12 +80,17 @@ def _reliance_section(results) -> list[str]:
     reliance = results.get("lambda_reliance") or {}
     if not reliance:
         return []
-    rows = [[label, _num(r.get("reliance"), 4), _num(r.get("logp_shift"), 3)] for label, r in reliance.items()]
+    rows = [[label, _num(r.get("reliance"), 4), _num(r.get("relative"), 3),
+             ", ".join(f"{d} {_num(g, 3)}" for d, g in (r.get("relative_per_dimension") or {}).items()) or "—",
+             _num(r.get("logp_shift"), 3)] for label, r in reliance.items()]
     return ["## λ-reliance", "",
             "How much the implicit rewards depend on λ: the held-out listwise loss of each dimension when the model "
             "is told another dimension's one-hot λ, minus the loss under its own (≈ 0: λ is ignored), and the mean "
-            "|Δ log π(y | x, λ)| between one-hot λ (nats per response).", "",
-            *_table(["model", "λ-reliance (nats)", "mean |Δ log π| (nats)"], rows), ""]
+            "|Δ log π(y | x, λ)| between one-hot λ (nats per response). Relative: the same gap over the one a "
+            "policy equal to the targets would have (0 = λ ignored, 1 = as λ-dependent as the targets); below 0.1 "
+            "a dimension cannot be steered.", "",
+            *_table(["model", "λ-reliance (nats)", "relative", "relative per dimension", "mean |Δ log π| (nats)"],
+                    rows), ""]
 
 
 def _kl_section(results) -> list[str]:
