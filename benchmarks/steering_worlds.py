@@ -107,12 +107,14 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_step
                     for e in vertices]
         rows[label] = {"heldout_accuracy": float(np.mean(accuracy)),
                        "lambda_reliance": evaluation["lambda_reliance"]["model"]["reliance"],
+                       "lambda_reliance_relative": evaluation["lambda_reliance"]["model"].get("relative"),
                        "lambda_logp_shift": evaluation["lambda_reliance"]["model"]["logp_shift"]}
     heldout = load_listwise(heldout_path, format="listwise", dimensions=world.dimensions)
     prompts = [p.text for p in generation_prompts(heldout, 16)[0]]
     results["oracle"] = oracle_controllability(heldout, prompts, DemoSettings(tau=0.05, samples=samples, seed=seed),
                                                world)
-    rows["oracle"] = {"heldout_accuracy": None, "lambda_reliance": None, "lambda_logp_shift": None}
+    rows["oracle"] = {"heldout_accuracy": None, "lambda_reliance": None, "lambda_reliance_relative": None,
+                      "lambda_logp_shift": None}
     ranges = score_ranges(load_listwise(train_path, format="listwise", dimensions=world.dimensions),
                           world.dimensions).numpy()
     _, volumes = shared_hypervolumes({k: _scaled(r, ranges) for k, r in results.items()})
@@ -152,15 +154,15 @@ def table(runs: list[dict]) -> str:
         dims = mine[0]["dimensions"]
         lines += [f"### {world} ({len(mine)} seed{'s' * (len(mine) > 1)}: {', '.join(str(r['seed']) for r in mine)})",
                   "", "| method | " + " | ".join(f"ρ {d}" for d in dims)
-                  + " | gap to oracle | hypervolume | held-out acc. | λ-reliance |",
+                  + " | gap to oracle | hypervolume | held-out acc. | λ-reliance (relative) |",
                   "|" + "---|" * (len(dims) + 5)]
         for label in mine[0]["methods"]:
             cells = [_pm([r["methods"][label]["spearman"][d] for r in mine]) for d in dims]
-            stat = {key: [r["methods"][label][key] for r in mine]
-                    for key in ("gap", "hypervolume", "heldout_accuracy", "lambda_reliance")}
+            stat = {key: [r["methods"][label].get(key) for r in mine]
+                    for key in ("gap", "hypervolume", "heldout_accuracy", "lambda_reliance_relative")}
             fmt = {k: ("—" if all(v is None for v in vs) else _pm(vs).replace("+", "")) for k, vs in stat.items()}
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt['gap']} | {fmt['hypervolume']} | "
-                         f"{fmt['heldout_accuracy']} | {fmt['lambda_reliance']} |")
+                         f"{fmt['heldout_accuracy']} | {fmt['lambda_reliance_relative']} |")
         lines.append("")
     return "\n".join(lines)
 
