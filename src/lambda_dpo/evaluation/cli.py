@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ndcg-k", type=int, default=None, help="NDCG cut-off (default: the whole list)")
     parser.add_argument("--scorer", action="append", default=[], metavar="SPEC",
                         help="judge for controllability and win rates: module:function, file.py:function, a reward "
-                             "model DIR, or name=DIR (one single-output reward model per dimension; repeat)")
+                             "model DIR, or name=DIR (one single-output reward model per dimension; repeat). A "
+                             "file.py or module is imported: its top-level code runs, so name only code you trust")
     parser.add_argument("--scorer-dimensions", default=None,
                         help="comma-separated names of a multi-output reward model's outputs (default: id2label)")
     parser.add_argument("--grid", type=int, default=3, help="controllability λ grid step 1/N (0 = skip)")
@@ -59,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-eval-tasks", default=None,
                     help="comma-separated tasks, e.g. mmlu,arc_challenge,hellaswag,truthfulqa_mc2,winogrande,gsm8k")
     lm.add_argument("--lm-eval-include-path", action="append", default=[], metavar="DIR",
-                    help="folder of local task YAMLs (dataset_path: json + dataset_kwargs.data_files); repeatable")
+                    help="folder of local task YAMLs (dataset_path: json + dataset_kwargs.data_files); repeatable. "
+                         "Task YAMLs may import Python (!function): use only folders you trust")
     lm.add_argument("--lm-eval-lambda", default=None, help="λ of the system instruction (default: uniform)")
     lm.add_argument("--lm-eval-limit", type=float, default=None, help="examples per task (count, or fraction < 1)")
     lm.add_argument("--lm-eval-num-fewshot", type=int, default=None)
