@@ -117,3 +117,26 @@ def test_train_reports_bad_data_without_traceback(tmp_path, base_model_dir, caps
     config = write_config(tmp_path, base_model_dir, dataset=str(bad), dataset_format="listwise", strict=True)
     assert main(["train", str(config)]) == 2
     assert f"{bad}:2" in capsys.readouterr().err
+
+
+def test_every_subcommand_accepts_both_option_spellings():
+    import argparse
+    import importlib
+
+    from lambda_dpo.cli import SUBCOMMANDS, accept_both_spellings
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(SUBCOMMANDS["generate"][0]).add_arguments(parser)
+    accept_both_spellings(parser)
+    for spelling in ("--max-new-tokens", "--max_new_tokens"):
+        args = parser.parse_args(["hi", "--model", "m", "--lambda", "a=1", spelling, "7", "--top_p", "0.5"])
+        assert args.max_new_tokens == 7 and args.top_p == 0.5
+    for module, _ in SUBCOMMANDS.values():  # in every subcommand, both spellings name the same option
+        parser = argparse.ArgumentParser()
+        importlib.import_module(module).add_arguments(parser)
+        accept_both_spellings(parser)
+        table = parser._option_string_actions
+        for option, action in table.items():
+            if option.startswith("--"):
+                assert table["--" + option[2:].replace("-", "_")] is action
+                assert table["--" + option[2:].replace("_", "-")] is action

@@ -51,6 +51,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[str, str]]]
     return parser, available
 
 
+def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Let every ``--long-option`` also be written ``--long_option`` (and the reverse), as `train`'s
+    HfArgumentParser already allows, so that no subcommand surprises a user with the other spelling.
+
+    argparse has no alias hook for options declared elsewhere; its option-string table (``_option_string_actions``,
+    shared with argument groups) is what parsing looks options up in, so the aliases go there (help shows one name).
+    """
+    table = parser._option_string_actions
+    for option, action in list(table.items()):
+        if not option.startswith("--"):
+            continue
+        for alias in ("--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
+            table.setdefault(alias, action)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, available = build_parser()
@@ -62,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(available[name][0])
     sub_parser = argparse.ArgumentParser(prog=f"lambda-dpo {name}", description=available[name][1])
     module.add_arguments(sub_parser)
+    accept_both_spellings(sub_parser)
     rest = argv[1:]
     if getattr(module, "CONFIG_THEN_OVERRIDES", False) and rest and rest[0].startswith("--") and rest[0] not in (
             "--help", "--help-fields"):
