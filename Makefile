@@ -7,10 +7,16 @@ TORCH_VERSION := $(shell sed -n 's/^torch==\([0-9.]*\).*/\1/p' constraints.txt)
 
 .PHONY: install test lint demo clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The package and what it needs to run (enough for the demo) …
+$(BIN)/.installed-base: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+# … and the test tools (pytest, ruff, TRL, lm-eval) on top.
+$(BIN)/.installed: $(BIN)/.installed-base
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
@@ -23,7 +29,7 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-demo: install
+demo: $(BIN)/.installed-base
 	$(BIN)/lambda-dpo demo
 
 clean:
