@@ -299,3 +299,38 @@ def test_gzipped_jsonl_keeps_line_numbers(tmp_path):
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     ds, report = load(path)
     assert len(ds) == 1 and str(report.rejections[0]).startswith(f"{path}:2: responses: 1 response(s)")
+
+
+def test_rated_rows_group_field_and_max_responses(tmp_path):
+    import json as _json
+
+    from lambda_dpo.data import load_listwise, long_lists_warning
+
+    rows = []
+    for batch in range(3):  # the same prompt text rated again in three annotation batches
+        for j in range(4):
+            rows.append({"prompt": "Same question?", "prompt_id": f"batch{batch}", "response": f"answer {batch}-{j}",
+                         "helpful": float(j + batch), "honest": float(3 - j)})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    merged = load_listwise(str(path), format="rated_rows", score_fields=["helpful", "honest"])
+    assert len(merged) == 1 and len(merged[0]["responses"]) == 12
+    grouped = load_listwise(str(path), format="rated_rows", score_fields=["helpful", "honest"], group_field="prompt_id")
+    assert len(grouped) == 3 and all(len(r["responses"]) == 4 for r in grouped)
+    capped = load_listwise(str(path), format="rated_rows", score_fields=["helpful", "honest"], max_responses=4)
+    kept = capped[0]["responses"]
+    means = {f"answer {b}-{j}": (j + b + 3 - j) / 2 for b in range(3) for j in range(4)}  # = (3 + b) / 2
+    assert len(kept) == 4
+    # the two best and the two worst by mean score (ties: earlier rows first), in row order
+    assert kept == ["answer 0-0", "answer 0-1", "answer 2-0", "answer 2-1"]
+    assert [means[k] for k in kept] == [1.5, 1.5, 2.5, 2.5]
+    with pytest.raises(ValueError, match="max_responses"):
+        load_listwise(str(path), format="rated_rows", max_responses=1)
+
+    short = [{"prompt": f"q{i}", "responses": ["a", "b"], "scores": {"x": [1, 0]}} for i in range(20)]
+    long = [{"prompt": "big", "responses": [f"r{j}" for j in range(40)], "scores": {"x": list(range(40))}}]
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text("".join(_json.dumps(r) + "\n" for r in short + long))
+    warning = long_lists_warning(load_listwise(str(lists)))
+    assert "1 of 21 lists" in warning and "up to 40" in warning and "group_field" in warning
+    assert long_lists_warning(load_listwise(str(lists)).select(range(20))) is None

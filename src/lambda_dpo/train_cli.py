@@ -49,7 +49,7 @@ def load_policy(config):
 
 def train_from_config(config):
     """Load data and model, train, save; returns the trainer (its `state.log_history` has the metrics)."""
-    from lambda_dpo.data import load_listwise
+    from lambda_dpo.data import load_listwise, long_lists_warning
     from lambda_dpo.trainer import LambdaDPOTrainer
 
     datasets = {}
@@ -59,9 +59,12 @@ def train_from_config(config):
         # The main process first: a hub dataset is downloaded (and cached) once, not by every process at once.
         with config.main_process_first(desc=f"loading the {split} data"):
             ds, report = load_listwise(path, format=config.dataset_format, dimensions=config.dimensions,
-                                       strict=config.strict, seed=config.seed, return_report=True)
+                                       strict=config.strict, seed=config.seed, return_report=True,
+                                       **(config.dataset_options or {}))
         if config.should_log:
             logger.warning("%s data %s: %s", split, path, report.summary())
+            if long_lists_warning(ds):
+                logger.warning("%s data %s: %s", split, path, long_lists_warning(ds))
         datasets[split] = ds
     if "train" not in datasets:
         raise SystemExit("lambda-dpo train: set `dataset` (a listwise file or any docs/spec.md §2 input)")

@@ -73,6 +73,11 @@ class LambdaDPOConfig(TrainingArguments):
     model_name_or_path: str | None = field(default=None, metadata={"help": "Policy model: a local directory or a hub name."})
     dataset: str | None = field(default=None, metadata={"help": "Training data: any docs/spec.md §2 input (file or hub name)."})
     dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
+    dataset_options: dict | str | None = field(
+        default=None,
+        metadata={"help": 'Options of the input format as JSON, e.g. {"group_field": "prompt_id", "max_responses": 8} '
+                          "for rated rows (lambda_dpo.data.converters)."},
+    )
     eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
     strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
     dimensions: list[str] | None = field(
@@ -173,7 +178,7 @@ class LambdaDPOConfig(TrainingArguments):
                   "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
     )
 
-    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "lambda_schedule_kwargs"]
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "lambda_schedule_kwargs", "dataset_options"]
 
     def __post_init__(self):
         if not self.use_cpu and _launched_without_accelerator():
@@ -185,8 +190,16 @@ class LambdaDPOConfig(TrainingArguments):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
-        if isinstance(self.lambda_schedule_kwargs, str):
-            self.lambda_schedule_kwargs = json.loads(self.lambda_schedule_kwargs) if self.lambda_schedule_kwargs else {}
+        for name in ("lambda_schedule_kwargs", "dataset_options"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value) if value.strip() else {})
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name}={value!r} is not valid JSON ({e.msg} at character {e.pos}); write it "
+                                     'as a JSON object, e.g. {"key": 1}') from None
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a JSON object (a mapping), got {getattr(self, name)!r}")
         if self.beta <= 0 or self.tau <= 0:
             raise ValueError(f"beta and tau must be > 0 (got beta={self.beta}, tau={self.tau})")
         if not self.nll_weight >= 0:

@@ -10,7 +10,7 @@ numbers), ``converters`` (one per input format), ``loading`` (``load_listwise``)
 """
 
 from lambda_dpo.data.converters import FORMATS, detect_format
-from lambda_dpo.data.loading import dataset_dimensions, listwise_features, load_listwise
+from lambda_dpo.data.loading import dataset_dimensions, listwise_features, load_listwise, long_lists_warning
 from lambda_dpo.data.records import (
     REJECTION_KINDS,
     DataError,
@@ -28,6 +28,7 @@ from lambda_dpo.data.tokenize import (
 )
 
 __all__ = [
+    "long_lists_warning",
     "DEFAULT_CHAT_TEMPLATE",
     "FORMATS",
     "REJECTION_KINDS",

@@ -126,7 +126,7 @@ def _native(record: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lambda_dpo.data.loading import load_listwise
+    from lambda_dpo.data.loading import load_listwise, long_lists_warning
 
     try:
         dimensions = [d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions else None
@@ -152,4 +152,7 @@ def run(args: argparse.Namespace) -> int:
         for rejection in report.rejections[: args.examples]:
             print(f"  {rejection}")
     print(f"\nwrote {len(dataset)} listwise records to {output}")
+    warning = long_lists_warning(dataset)
+    if warning:
+        print(f"lambda-dpo convert: warning: {warning}", file=sys.stderr)
     return 0

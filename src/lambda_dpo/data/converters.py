@@ -65,10 +65,11 @@ def _per_row(rows: Rows, convert_one: Callable[[Mapping], dict]) -> Converted:
             yield position, err
 
 
-def _grouped(rows: Rows, parse_row: Callable, build_record: Callable) -> Converted:
+def _grouped(rows: Rows, parse_row: Callable, build_record: Callable, group_field: str | None = None) -> Converted:
     """Rows that share a prompt make one record. ``parse_row(row) -> (messages, system, item)`` rejects a bad
     row on its own line; ``build_record(key, group) -> record`` gets the group's ``items`` in row order, and
-    the record is located at the group's first row."""
+    the record is located at the group's first row. ``group_field`` groups by that column instead (e.g. a prompt
+    id, when the same prompt text was rated again in another annotation batch)."""
     groups: dict[str, dict] = {}
     for position, row in _objects(rows):
         if isinstance(row, RecordError):
@@ -79,7 +80,14 @@ def _grouped(rows: Rows, parse_row: Callable, build_record: Callable) -> Convert
         except RecordError as err:
             yield position, err
             continue
-        key = json.dumps([system, messages], ensure_ascii=False)
+        if group_field is not None:
+            group_value = row.get(group_field)
+            if group_value is None:
+                yield position, RecordError("missing_field", group_field, "the group_field is missing or null")
+                continue
+            key = json.dumps(["group", group_value], ensure_ascii=False, default=str)
+        else:
+            key = json.dumps([system, messages], ensure_ascii=False)
         group = groups.setdefault(
             key, {"position": position, "prompt": messages, "system": system, "items": []}
         )
@@ -204,13 +212,22 @@ def from_rated_rows(
     response_field: str = "response",
     score_fields: Iterable[str] | None = None,
     scores_field: str | None = None,
+    group_field: str | None = None,
+    max_responses: int | None = None,
 ) -> Converted:
     """One rated response per row; rows with the same prompt make one list, in row order.
 
     Scores come from the columns ``score_fields`` (default: every numeric column of the first row) or from
     one column ``scores_field`` holding {dimension: number}. ``null`` (or a dimension absent from
     ``scores_field``) is missing. A row with a bad prompt, response or score is rejected on its own line.
+
+    ``group_field``: rows with the same value there make one list (default: the same prompt text), for data whose
+    prompts repeat across annotation batches. ``max_responses``: lists longer than this keep the responses with
+    the highest and the lowest mean score, alternately (the widest comparisons; ties keep the earlier row), in row
+    order; one forward per response makes a list of hundreds cost a step of hundreds of sequences.
     """
+    if max_responses is not None and max_responses < 2:
+        raise ValueError(f"max_responses must be ≥ 2 (a list needs two responses), got {max_responses}")
     dimension_order: dict[str, None] = dict.fromkeys(score_fields or ())
 
     def parse_row(row):
@@ -230,8 +247,11 @@ def from_rated_rows(
         return messages, system, (response, row_scores)
 
     def build_record(key, group):
-        responses = [response for response, _ in group["items"]]
-        scores = {name: [s.get(name) for _, s in group["items"]] for name in dimension_order}
+        items = group["items"]
+        if max_responses is not None and len(items) > max_responses:
+            items = [items[i] for i in _widest(items, max_responses)]
+        responses = [response for response, _ in items]
+        scores = {name: [s.get(name) for _, s in items] for name in dimension_order}
         return make_record(
             group["prompt"],
             responses,
@@ -240,7 +260,23 @@ def from_rated_rows(
             response_fields=[response_field] * len(responses),
         )
 
-    return _grouped(rows, parse_row, build_record)
+    return _grouped(rows, parse_row, build_record, group_field)
+
+
+def _widest(items: list, keep: int) -> list[int]:
+    """Indices (in row order) of ``keep`` items: best, worst, second best, second worst … by mean score."""
+    def mean(scores):
+        values = [v for v in scores.values() if v is not None]
+        return sum(values) / len(values) if values else float("-inf")
+
+    best = iter(sorted(range(len(items)), key=lambda i: (-mean(items[i][1]), i)))
+    worst = iter(sorted(range(len(items)), key=lambda i: (mean(items[i][1]), i)))
+    chosen: set[int] = set()
+    for source in [best, worst] * keep:
+        if len(chosen) == keep:
+            break
+        chosen.add(next(i for i in source if i not in chosen))
+    return sorted(chosen)
 
 
 def _numeric_columns(row: Mapping, exclude: set[str]) -> list[str]:

@@ -48,6 +48,25 @@ def dataset_dimensions(dataset) -> list[str]:
     return list(scores)
 
 
+def long_lists_warning(dataset, factor: float = 4.0) -> str | None:
+    """A warning when some lists are far longer than the typical one (k > ``factor`` × median k and > 8): each
+    response is one forwarded sequence, so a list of a hundred makes one step forward a hundred sequences. This
+    happens when rows of a rated dataset share a prompt text across annotation batches. ``None`` when k is even."""
+    import statistics
+
+    ks = [len(responses) for responses in dataset["responses"]]
+    if not ks:
+        return None
+    median = statistics.median(ks)
+    long = [k for k in ks if k > max(8, factor * median)]
+    if not long:
+        return None
+    return (f"{len(long)} of {len(ks)} lists have far more responses than the typical {median:g} (up to {max(long)}); "
+            "a step forwards every response of its lists. If prompts repeat across annotation batches, group by a "
+            "prompt id (rated rows: option group_field=COLUMN) or cap the lists (option max_responses=N keeps the "
+            "best- and worst-rated responses)")
+
+
 def _peek_first_object(rows: Iterator) -> tuple[list, object | None]:
     """Rows read up to and including the first JSON object (format detection looks at it), and that object."""
     seen = []
