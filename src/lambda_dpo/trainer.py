@@ -186,10 +186,7 @@ class LambdaDPOConfig(TrainingArguments):
             logger.warning("%s processes launched on a machine without GPUs: training on the CPU, DDP over gloo "
                            "(use_cpu=true)", os.environ["WORLD_SIZE"])
             self.use_cpu = True
-        super().__post_init__()
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        # Our JSON fields first: TrainingArguments' own parsing of them would fail without naming the field.
         for name in ("lambda_schedule_kwargs", "dataset_options"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -200,8 +197,20 @@ class LambdaDPOConfig(TrainingArguments):
                                      'as a JSON object, e.g. {"key": 1}') from None
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object (a mapping), got {getattr(self, name)!r}")
-        if self.beta <= 0 or self.tau <= 0:
-            raise ValueError(f"beta and tau must be > 0 (got beta={self.beta}, tau={self.tau})")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.dimensions is not None and len(set(self.dimensions)) != len(self.dimensions):
+            repeated = sorted({d for d in self.dimensions if self.dimensions.count(d) > 1})
+            raise ValueError(f"dimensions lists {repeated} more than once; give each dimension once")
+        super().__post_init__()
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        for name in ("beta", "tau"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {name}={value}")
         if not self.nll_weight >= 0:
             raise ValueError(f"nll_weight must be >= 0 (0 disables the NLL anchor), got {self.nll_weight}")
         if self.conditioning == "lora" and self.use_lora:
@@ -212,6 +221,11 @@ class LambdaDPOConfig(TrainingArguments):
             raise ValueError("reference=adapter-disabled needs use_lora=true (the reference is the LoRA base model)")
         if "{weights}" not in self.conditioning_template:
             raise ValueError(f"conditioning_template {self.conditioning_template!r} must contain {{weights}}")
+        try:
+            self.conditioning_template.format(weights="a=1.00")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"conditioning_template {self.conditioning_template!r} has a field other than "
+                             f"{{weights}} ({type(e).__name__}: {e}); write literal braces as {{{{ and }}}}") from None
         if self.max_prompt_length is None:
             self.max_prompt_length = self.max_length // 2
         self.remove_unused_columns = False

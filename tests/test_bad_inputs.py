@@ -1,0 +1,72 @@
+"""Bad settings end in one clear line that names the setting (exit code ≠ 0, no traceback): a table, one case per
+class of mistake, so that none comes back. (More classes of docs/spec.md §2 data errors: test_data_validation.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from lambda_dpo.cli import main
+
+BAD_TRAIN_SETTINGS = [  # (override, what the message must name)
+    (["--beta", "0"], "beta must be a finite number > 0"),
+    (["--beta", "-1"], "beta must be a finite number > 0"),
+    (["--beta", "inf"], "beta must be a finite number > 0, got beta=inf"),
+    (["--beta", "nan"], "beta must be a finite number > 0"),
+    (["--tau", "0"], "tau must be a finite number > 0"),
+    (["--tau", "nan"], "tau must be a finite number > 0"),
+    (["--loss", "foo"], "loss='foo' is not one of"),
+    (["--lambda_schedule", "random"], "lambda_schedule='random' is not one of"),
+    (["--logprob_reduction", "max"], "logprob_reduction='max' is not one of"),
+    (["--conditioning", "prefix"], "conditioning='prefix' is not one of"),
+    (["--reference", "adapter-disabled"], "reference=adapter-disabled needs use_lora=true"),
+    (["--nll_weight", "-1"], "nll_weight must be >= 0"),
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be ≥ 1"),
+    (["--dimensions", "a", "b", "a"], "dimensions lists ['a'] more than once"),
+    (["--lambda_schedule_kwargs", "{bad"], "lambda_schedule_kwargs='{bad' is not valid JSON"),
+    (["--lambda_schedule_kwargs", "[1, 2]"], "lambda_schedule_kwargs must be a JSON object"),
+    (["--conditioning_template", "W {weights} {user}"], "conditioning_template 'W {weights} {user}' has a field"),
+    (["--conditioning_template", "no field"], "must contain {weights}"),
+    (["--conditioning", "lora", "--use_lora", "true"], "conditioning=lora with use_lora=true is not supported"),
+    (["--betaa", "0.2"], "unknown option --betaa; did you mean --beta?"),
+    (["--lambda-schedul", "uniform"], "unknown option --lambda-schedul; did you mean --lambda_schedule?"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_TRAIN_SETTINGS, ids=[" ".join(c[0]) for c in BAD_TRAIN_SETTINGS])
+def test_bad_train_setting_is_one_line_naming_it(tmp_path, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model_name_or_path", "unused", "--dataset", "unused.jsonl",
+              "--output_dir", str(tmp_path / "out"), *override])
+    text = str(exit_info.value.code)
+    assert message in text, text
+    assert "\n" not in text and text.startswith("lambda-dpo train: ")
+
+
+def test_duplicate_yaml_keys_are_rejected_with_the_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("beta: 0.1\ntau: 1.0\nbeta: 0.5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(config), "--output_dir", str(tmp_path / "out")])
+    text = str(exit_info.value.code)
+    assert str(config) in text and "'beta' is given twice (line 3)" in text
+
+
+def test_a_schedule_state_that_is_not_plain_tensors_is_refused(tmp_path):
+    """A crafted checkpoint cannot run code on resume: the schedule state loads with weights_only=True."""
+    import os
+
+    import torch
+
+    from lambda_dpo.trainer import _load_schedule_state
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "lambda_schedule_rank0.pt"
+    torch.save({"generator_state": Exploit()}, path)
+    with pytest.raises(ValueError, match="not a λ schedule state written by lambda-dpo"):
+        _load_schedule_state(str(path))
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"name": "uniform", "generator_state": torch.Generator().get_state(), "num_sampled": 3}, path)
+    assert _load_schedule_state(str(path))["num_sampled"] == 3
