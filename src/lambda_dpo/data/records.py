@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ REJECTION_KINDS = {
     "too_few_responses": "fewer than 2 responses",
     "score_length": "a score list's length differs from the number of responses",
     "non_finite_score": "a NaN or infinite score",
+    "score_out_of_range": "a score too large for float32 (training's precision)",
+    "invalid_text": "text that is not valid Unicode (an unpaired surrogate)",
     "bad_value": "a value outside the allowed set",
     "no_scores": "no preference dimension at all",
     "unknown_dimension": "a dimension not in the requested `dimensions`",
@@ -60,7 +63,7 @@ class Rejection:
     Parquet file or hub dataset (``unit="row"``)."""
 
     file: str
-    line: int
+    line: int | str  # str for unit "file_line": "<file in the folder>:<line>"
     field: str
     reason: str
     kind: str
@@ -68,6 +71,8 @@ class Rejection:
 
     @property
     def location(self) -> str:
+        if self.unit == "file_line":  # a folder read file by file: line is "<file in the folder>:<line>"
+            return f"{os.path.join(self.file, str(self.line))}"
         return f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file}:row {self.line}"
 
     def __str__(self) -> str:
@@ -123,6 +128,11 @@ def _text(value, field: str, what: str = "text") -> str:
         )
     if not value.strip():
         raise RecordError("empty_text", field, f"{what} is empty; remove the record or fill it in")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800"): no tokenizer or Arrow column can hold it
+        raise RecordError("invalid_text", field, f"{what} holds an unpaired surrogate {value[e.start]!r} at "
+                          f"character {e.start}, which is not valid Unicode text; fix or remove it") from None
     return value
 
 
@@ -181,15 +191,26 @@ def normalize_response(value, field: str) -> str:
     return _text(value, field, "response")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def score_value(value, field: str) -> float | None:
     """One score: a finite number, or None (missing). Booleans and strings are rejected, not guessed at."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError("wrong_type", field, f"expected a number or null, got {short_repr(value)}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise RecordError("score_out_of_range", field, f"score {short_repr(str(value), 30)} is too large for a "
+                          "float; rescale the scores") from None
+    if not math.isfinite(number):
         raise RecordError("non_finite_score", field, f"score is {value}; use null for a missing score")
-    return float(value)
+    if abs(number) > FLOAT32_MAX:
+        raise RecordError("score_out_of_range", field, f"score {number:g} does not fit in float32 (|score| ≤ "
+                          f"{FLOAT32_MAX:.3g}), which training computes in; rescale the scores")
+    return number
 
 
 def make_record(

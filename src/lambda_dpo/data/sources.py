@@ -36,7 +36,28 @@ def _open_text(path: Path):
     return opener(path, "rb")
 
 
+def _read_errors(path: Path):
+    """A truncated or corrupt .gz (EOFError, BadGzipFile) or an I/O error while reading: a message naming the file."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (EOFError, gzip.BadGzipFile, OSError) as err:
+            what = "truncated or corrupt gzip file" if path.suffix == ".gz" else "cannot be read"
+            raise DataSourceError(f"{path}: {what} ({type(err).__name__}: {err}); re-download or re-compress "
+                                  "the file") from None
+
+    return guard()
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    with _read_errors(path):
+        yield from _jsonl_lines(path)
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, object]]:
     with _open_text(path) as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -99,7 +120,7 @@ def _json_array_rows(path: Path, text: str) -> Iterator[tuple[int, object]]:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
-    with _open_text(path) as f:
+    with _read_errors(path), _open_text(path) as f:
         try:
             text = f.read().decode("utf-8-sig")
         except UnicodeDecodeError as err:
@@ -134,6 +155,23 @@ def _load_with_datasets(name_or_path: str, split: str, local: bool):
         ) from None
 
 
+def _json_files(folder: Path) -> list[Path]:
+    """The JSON/JSONL files (optionally .gz) under a folder, sorted, unless it is a dataset saved by `datasets`
+    (whose own loader reads it)."""
+    if (folder / "dataset_info.json").exists() or (folder / "state.json").exists():
+        return []
+    json_suffixes = tuple(s for s in LOCAL_SUFFIXES if "json" in s)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(json_suffixes))
+
+
+def _folder_rows(folder: Path, files: list[Path]) -> Iterator[tuple[str, object]]:
+    for path in files:
+        rows = _jsonl_rows(path) if path.name.endswith((".jsonl", ".jsonl.gz")) else _json_rows(path)
+        relative = path.relative_to(folder)
+        for number, row in rows:
+            yield f"{relative}:{number}", row
+
+
 def open_source(path_or_name: str | os.PathLike, split: str = "train") -> Source:
     """Open a local JSON/JSONL (optionally .gz) or Parquet file, a local dataset folder, or a hub name."""
     text = os.fspath(path_or_name)
@@ -151,6 +189,9 @@ def open_source(path_or_name: str | os.PathLike, split: str = "train") -> Source
             f"{text}: unsupported file type; use one of {suffixes} (convert CSV with pandas first)"
         )
     if path.is_dir():
+        files = _json_files(path)
+        if files:  # read like single files, line by line, each line located as <folder>/<file>:<line>
+            return Source(text, "file_line", _folder_rows(path, files))
         return Source(text, "row", enumerate(_load_with_datasets(str(path), split, local=True)))
     if text.endswith(LOCAL_SUFFIXES) or text.startswith((".", "/", "~")):
         raise DataSourceError(f"{text}: no such file (looked in {path.resolve()}); check the path")
