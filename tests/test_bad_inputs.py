@@ -76,7 +76,7 @@ BIG_INT = "1" + "0" * 400
 BAD_RECORDS = [  # (one JSONL line, the rejection it must get: field and reason)
     ('{"prompt": "a", "responses": ["x", "y"], "scores": {"h": [1e39, 0]}}', "scores.h[0]: score 1e+39 does not fit in float32"),
     ('{"prompt": "a", "responses": ["x", "y"], "scores": {"h": [-1e308, 0]}}', "scores.h[0]: score -1e+308 does not fit"),
-    ('{"prompt": "a", "responses": ["x", "y"], "scores": {"h": [%s, 0]}}' % BIG_INT, 'scores.h[0]: score "1000'),
+    ('{"prompt": "a", "responses": ["x", "y"], "scores": {"h": [' + BIG_INT + ', 0]}}', 'scores.h[0]: score "1000'),
     ('{"prompt": "a", "responses": ["x\\ud800", "y"], "scores": {"h": [1, 0]}}', "responses[0]: response holds an unpaired surrogate"),
     ('{"prompt": "a", "responses": ["x", "y"], "scores": {"h": ["4", 0]}}', 'scores.h[0]: expected a number or null, got "4"'),
 ]
