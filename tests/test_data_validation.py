@@ -46,6 +46,18 @@ CASES = {
         "non_finite_score",
         "scores.correct[1]",
     ),
+    "float32_overflow": (good(scores={"correct": [1e39, 0]}), "score_out_of_range", "scores.correct[0]"),
+    "float64_max": (good(scores={"correct": [1, -1e308]}), "score_out_of_range", "scores.correct[1]"),
+    "huge_integer": (
+        '{"prompt": "x", "responses": ["a", "b"], "scores": {"correct": [1' + "0" * 400 + ', 0]}}',
+        "score_out_of_range",
+        "scores.correct[0]",
+    ),
+    "unpaired_surrogate": (
+        '{"prompt": "x", "responses": ["a\\ud800", "b"], "scores": {"correct": [1, 0]}}',
+        "invalid_text",
+        "responses[0]",
+    ),
     "no_scores": (good(scores={}), "no_scores", "scores"),
     "late_system_message": (
         good(prompt=[{"role": "user", "content": "u"}, {"role": "system", "content": "s"}]),
