@@ -97,3 +97,68 @@ def test_a_truncated_gzip_file_is_one_error_naming_it(tmp_path):
     path.write_bytes(packed[: len(packed) // 2])
     with pytest.raises(DataError, match=r"data.jsonl.gz: truncated or corrupt gzip file"):
         load_listwise(str(path))
+
+
+# ------------------------------------------------------------------------------------------------ faults
+def _trainer(tmp_path, **overrides):
+    from _tiny import gpt2_tokenizer, tiny_llama
+    from test_trainer import config, write_records
+
+    from lambda_dpo.data import load_listwise
+    from lambda_dpo.trainer import LambdaDPOTrainer
+
+    tokenizer = gpt2_tokenizer()
+    data = load_listwise(str(write_records(tmp_path / "d.jsonl", n=8)))
+    args = config(tmp_path, **{"max_steps": 4, "save_strategy": "steps", "save_steps": 2, **overrides})
+    return LambdaDPOTrainer(tiny_llama(len(tokenizer)), args, train_dataset=data, processing_class=tokenizer,
+                            ref_model=tiny_llama(len(tokenizer), seed=1))
+
+
+def test_resume_skips_a_checkpoint_cut_short_and_says_which_it_uses(tmp_path, caplog):
+    import shutil
+
+    from lambda_dpo.trainer import complete_checkpoints
+
+    trainer = _trainer(tmp_path)
+    trainer.train()
+    out = tmp_path / "out"
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    # A kill -9 while checkpoint-6 was written: its trainer_state.json is missing or cut in the middle.
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-6")
+    (out / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hist')
+    assert complete_checkpoints(str(out)) == [str(out / "checkpoint-2"), str(out / "checkpoint-4")]
+    (out / "checkpoint-4" / "trainer_state.json").unlink()
+    resumed = _trainer(tmp_path)
+    with caplog.at_level("WARNING", logger="lambda_dpo.trainer"):
+        resumed.train(resume_from_checkpoint=True)
+    assert any(r.message.startswith("resuming from") and "checkpoint-2, the last complete" in r.message
+               for r in caplog.records)
+    assert [h["loss"] for h in resumed.state.log_history if "loss" in h][-2:] == pytest.approx(losses[-2:], abs=1e-6)
+
+
+def test_non_finite_weights_are_never_saved_as_a_checkpoint(tmp_path):
+    import torch
+
+    trainer = _trainer(tmp_path, max_steps=2, save_steps=1)
+    trainer.train()
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    trainer.state.global_step = 3
+    with pytest.raises(FloatingPointError, match="non-finite weights at step 3 .*checkpoint-3 was not written"):
+        trainer._save_checkpoint(trainer.model, None)
+    assert not (tmp_path / "out" / "checkpoint-3").exists()
+
+
+def test_a_full_disk_leaves_no_partial_checkpoint_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from transformers import Trainer
+
+    def full_disk(self, output_dir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer = _trainer(tmp_path, max_steps=2, save_steps=2)
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
+    with pytest.raises(OSError, match=r"could not write checkpoint-2 to .*checkpoint-2 \(no space left on device\)"):
+        trainer.train()
+    assert not (tmp_path / "out" / "checkpoint-2").exists()

@@ -22,6 +22,8 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lambda_dpo import reliance
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
@@ -751,16 +753,41 @@ class LambdaDPOTrainer(Trainer):
             adapters.load_state_dict(load_file(path))
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        path = os.path.join(folder, SCHEDULE_STATE_FILE.format(rank=self.args.process_index))
-        _atomic_torch_save(self.schedule.state_dict(), path)
+        """A checkpoint that cannot be resumed is never left as the latest one: non-finite weights stop the run
+        before anything is written; the λ-schedule state goes in first and the Trainer's `trainer_state.json`
+        last, so a folder is complete exactly when that file parses (:func:`complete_checkpoints`); a write that
+        fails (a full disk) removes its partial folder and says what happened."""
+        step = self.state.global_step
+        bad = [name for name, p in self.accelerator.unwrap_model(model).named_parameters()
+               if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite weights at step {step} ({len(bad)} tensors, e.g. {bad[0]!r}): checkpoint-{step} was not "
+                "written, so the latest checkpoint is still a finite one. Lower the learning rate or beta")
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            _atomic_torch_save(self.schedule.state_dict(),
+                               os.path.join(folder, SCHEDULE_STATE_FILE.format(rank=self.args.process_index)))
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as e:
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+            full = "No space left" in str(e) or "unexpected pos" in str(e) or getattr(e, "errno", None) == 28
+            why = "no space left on device" if full else f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            raise OSError(f"could not write checkpoint-{step} to {folder} ({why}); the partial folder was removed "
+                          "and the latest complete checkpoint is kept. Free space or set output_dir elsewhere, then "
+                          "resume with --resume_from_checkpoint true") from None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint-* folder")
+            complete = complete_checkpoints(self.args.output_dir)
+            if not complete:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no complete "
+                                 "checkpoint-* folder")
+            resume_from_checkpoint = complete[-1]
+            logger.warning("resuming from %s, the last complete checkpoint in %s", resume_from_checkpoint,
+                           self.args.output_dir)
         if resume_from_checkpoint:
             path = os.path.join(resume_from_checkpoint, SCHEDULE_STATE_FILE.format(rank=self.args.process_index))
             if os.path.exists(path):
@@ -908,6 +935,30 @@ def _check_full_weights(model: torch.nn.Module) -> None:
                 "accelerate config, as configs/accelerate/*.yaml do; or fill the cache first with a "
                 "single-process run that uses the same reference_cache_dir"
             )
+
+
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """The ``checkpoint-<step>`` folders of ``output_dir`` that a run can resume from, oldest first.
+
+    A folder counts when its ``trainer_state.json`` (the Trainer writes it after the weights, optimizer and RNG
+    states; we write the λ-schedule state before them) parses: one cut short by a kill or a full disk does not,
+    and is skipped with a warning, so resume falls back to the previous complete one."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
+        if not match or not os.path.isdir(os.path.join(output_dir, name)):
+            continue
+        try:
+            with open(os.path.join(output_dir, name, "trainer_state.json")) as f:
+                json.load(f)
+        except (OSError, ValueError):
+            logger.warning("%s is incomplete (no readable trainer_state.json: the run was stopped while writing it); "
+                           "skipped", os.path.join(output_dir, name))
+            continue
+        found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    return [path for _, path in sorted(found)]
 
 
 def _load_schedule_state(path: str) -> dict[str, Any]:
