@@ -162,3 +162,23 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_says_so(tmp_path, monkeypa
     with pytest.raises(OSError, match=r"could not write checkpoint-2 to .*checkpoint-2 \(no space left on device\)"):
         trainer.train()
     assert not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+def test_divergence_without_nan_is_warned_with_the_step(caplog):
+    from transformers import TrainerControl, TrainerState
+
+    from lambda_dpo.trainer import DivergenceCallback, LambdaDPOConfig
+
+    args = LambdaDPOConfig(output_dir="unused", learning_rate=1e6, report_to="none")
+    state, control = TrainerState(), TrainerControl()
+    callback = DivergenceCallback()
+    with caplog.at_level("WARNING", logger="lambda_dpo.trainer"):
+        for step, (loss, grad) in enumerate([(1.4, 3.0), (1.3, 0.0), (1.3, 0.0), (1.3, 0.0), (1.3, 0.0)], 1):
+            state.global_step = step
+            callback.on_log(args, state, control, logs={"loss": loss, "grad_norm": grad})
+        state.global_step = 9
+        callback.on_log(args, state, control, logs={"loss": 1.6e5, "grad_norm": 2e5})
+    messages = [r.message for r in caplog.records]
+    assert sum("gradient norm is exactly 0" in m for m in messages) == 1 and "(step 4)" in messages[0]
+    assert any("gradient norm is 2e+05 at step 9" in m for m in messages)
+    assert any("loss is 1.6e+05 at step 9, over 10× its first value 1.4" in m for m in messages)

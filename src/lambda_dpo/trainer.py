@@ -322,7 +322,7 @@ class LambdaDPOTrainer(Trainer):
         if args.reference != "none":
             train_dataset, eval_dataset = self._attach_reference(model, ref_model, tokenizer, args,
                                                                  train_dataset, eval_dataset)
-        callbacks = [*(callbacks or []), MetricsFileCallback()]
+        callbacks = [*(callbacks or []), MetricsFileCallback(), DivergenceCallback()]
         super().__init__(model=model, args=args, data_collator=ListwiseCollator(self.dimensions),
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
                          callbacks=callbacks, **kwargs)
@@ -839,6 +839,43 @@ class MetricsFileCallback(TrainerCallback):
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class DivergenceCallback(TrainerCallback):
+    """Warns (once per kind, with the step) when a run diverges without producing a NaN: gradients that are exactly
+    zero at several logs in a row (saturated: e.g. a learning rate so large that the weights blew up), a gradient
+    norm above 1e4, or a training loss above 10× its first logged value (e.g. a huge beta)."""
+
+    ZERO_LOGS = 3
+
+    def __init__(self):
+        self.first_loss: float | None = None
+        self.zero_logs = 0
+        self.warned: set[str] = set()
+
+    def _warn(self, kind: str, message: str, *args) -> None:
+        if kind not in self.warned:
+            self.warned.add(kind)
+            logger.warning(message, *args)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        loss, grad_norm, step = logs["loss"], logs.get("grad_norm"), state.global_step
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
+        if grad_norm is not None and math.isfinite(grad_norm):
+            self.zero_logs = self.zero_logs + 1 if grad_norm == 0.0 else 0
+            if self.zero_logs >= self.ZERO_LOGS:
+                self._warn("zero", "training has stalled: the gradient norm is exactly 0 at %d logs in a row (step "
+                           "%d), so the weights no longer change; the learning rate (%g) is probably far too large "
+                           "and the model saturated. Lower it and restart", self.ZERO_LOGS, step, args.learning_rate)
+            if grad_norm > 1e4:
+                self._warn("explode", "the gradient norm is %.3g at step %d: training is diverging; lower the "
+                           "learning rate (%g) or beta", grad_norm, step, args.learning_rate)
+        if self.first_loss is not None and self.first_loss > 0 and loss > 10 * self.first_loss:
+            self._warn("loss", "the training loss is %.4g at step %d, over 10× its first value %.4g: training is "
+                       "diverging; lower the learning rate or beta", loss, step, self.first_loss)
 
 
 def write_metadata(output_dir: str, dimensions: list[str], args: LambdaDPOConfig, model=None) -> dict[str, Any]:
