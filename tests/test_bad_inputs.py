@@ -182,3 +182,23 @@ def test_divergence_without_nan_is_warned_with_the_step(caplog):
     assert sum("gradient norm is exactly 0" in m for m in messages) == 1 and "(step 4)" in messages[0]
     assert any("gradient norm is 2e+05 at step 9" in m for m in messages)
     assert any("loss is 1.6e+05 at step 9, over 10× its first value 1.4" in m for m in messages)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--num-samples", "0"], "--num-samples must be ≥ 1, got 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be ≥ 1, got 0"),
+    (["--temperature", "0"], "--temperature must be > 0 when sampling"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--model", "/nonexistent/model"], "no such folder"),
+    (["--model", "PLAIN"], "has no lambda_dpo.json: it is not a lambda-dpo model"),
+    (["--prompt-is-empty"], "the prompt is empty"),
+])
+def test_bad_generate_arguments_are_one_line(tmp_path, capsys, extra, message):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text("{}")
+    prompt = "   " if extra == ["--prompt-is-empty"] else "hello"
+    extra = [] if extra == ["--prompt-is-empty"] else [str(tmp_path / "plain") if e == "PLAIN" else e for e in extra]
+    args = ["generate", prompt, "--model", str(tmp_path / "plain"), "--lambda", "a=1", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("lambda-dpo generate: ")

@@ -23,6 +23,9 @@ LambdaLike = str | Mapping[str, float] | Sequence[float]
 def load_metadata(model_dir: str) -> dict[str, Any]:
     """Read `lambda_dpo.json` from a trained model directory (clear error when it is not one)."""
     path = os.path.join(model_dir, METADATA_FILE)
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model directory {model_dir} does not exist (generation runs offline: give a local "
+                                "directory written by `lambda-dpo train`)")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} not found: {model_dir} is not a lambda-dpo model directory (train one with `lambda-dpo train`)"
@@ -208,8 +211,37 @@ def format_side_by_side(headers: list[str], columns: list[list[str]], width: int
     return "\n".join(rows)
 
 
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    """The first command-line mistake, said in one line (None when there is none)."""
+    if not args.prompt.strip():
+        return "the prompt is empty; give the text to answer"
+    for name, value in (("--num-samples", args.num_samples), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            return f"{name} must be ≥ 1, got {value}"
+    if not args.greedy and not args.temperature > 0:
+        return f"--temperature must be > 0 when sampling, got {args.temperature} (use --greedy for greedy decoding)"
+    if not 0 < args.top_p <= 1:
+        return f"--top-p must be in (0, 1], got {args.top_p}"
+    if not os.path.isdir(args.model):
+        return f"--model {args.model}: no such folder (generation runs offline; give a local model directory)"
+    if not os.path.exists(os.path.join(args.model, METADATA_FILE)):
+        return (f"--model {args.model} has no {METADATA_FILE}: it is not a lambda-dpo model, so it cannot be steered "
+                "by λ. Train one with `lambda-dpo train`, or generate from a plain model with transformers")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer, metadata = load_model(args.model, device=args.device)
+    import sys
+
+    problem = _check_arguments(args)
+    if problem:
+        print(f"lambda-dpo generate: {problem}", file=sys.stderr)
+        return 2
+    try:
+        model, tokenizer, metadata = load_model(args.model, device=args.device)
+    except (OSError, ValueError) as e:
+        print(f"lambda-dpo generate: cannot load --model {args.model}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     try:
         parsed = [_as_lambda_dict(text, metadata["dimensions"], args.normalize) for text in args.lambdas]
     except ValueError as e:
