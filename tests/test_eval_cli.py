@@ -206,3 +206,20 @@ def test_default_lambdas_are_one_hot():
 
     assert _lambdas(None, ["a", "b"], False) == [{"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 1.0}]
     assert _lambdas(["a=2,b=2"], ["a", "b"], True) == [{"a": 0.5, "b": 0.5}]
+
+
+def test_cli_evaluates_a_plain_model_on_the_datas_or_the_given_dimensions(trained, tmp_path, capsys):
+    """A plain Hugging Face model (here the SFT-like base) is evaluated unconditioned against --reference."""
+    out = tmp_path / "plain"
+    assert main(["eval", "--model", trained["base"], "--reference", trained["model"], "--data", trained["heldout"],
+                 "--grid", "0", "--kl-samples", "0", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "eval.json").read_text())
+    assert results["dimensions"] == ["concise", "detailed", "polite"]  # the held-out data's
+    assert results["lambda_reliance"]["model"]["reliance"] == pytest.approx(0.0, abs=1e-9)  # it does not read λ
+    assert main(["eval", "--model", trained["base"], "--reference", trained["model"], "--data", trained["heldout"],
+                 "--dimensions", "polite", "--grid", "0", "--kl-samples", "0", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "eval.json").read_text())["dimensions"] == ["polite"]
+    capsys.readouterr()
+    assert main(["eval", "--model", trained["base"], "--data", trained["heldout"], "--grid", "0"]) == 2
+    assert "pass --reference DIR" in capsys.readouterr().err

@@ -24,7 +24,11 @@ from lambda_dpo.evaluation import model_eval as me
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a model directory written by `lambda-dpo train`")
+    parser.add_argument("--model", required=True,
+                        help="a model directory written by `lambda-dpo train`, or a plain Hugging Face model (an SFT or "
+                             "TRL-trained model: it is evaluated unconditioned, with --reference)")
+    parser.add_argument("--dimensions", default=None,
+                        help="comma-separated dimensions to evaluate a plain model on (default: the held-out data's)")
     parser.add_argument("--data", required=True, help="held-out preference data (any format `lambda-dpo convert` reads)")
     parser.add_argument("--data-format", default="auto", help="format of --data (default: detected)")
     parser.add_argument("--max-records", type=int, default=None, help="evaluate only the first N held-out lists")
@@ -83,7 +87,7 @@ class _Run:
     """One evaluation: the loaded models, data and settings, and the results dict the sections fill in."""
 
     def __init__(self, args: argparse.Namespace):
-        from lambda_dpo.data import load_listwise
+        from lambda_dpo.data import dataset_dimensions, load_listwise
         from lambda_dpo.evaluation.scorers import load_scorer
 
         self.args = args
@@ -91,7 +95,10 @@ class _Run:
         self.progress = not args.no_progress
         self.notes: list[str] = []
         with self.monitor.phase("load"):
-            self.policy = me.load_eval_model(args.model, "model", device=args.device)
+            data = load_listwise(args.data, format=args.data_format)
+            plain_dimensions = ([d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions
+                                else dataset_dimensions(data))
+            self.policy = me.load_eval_model(args.model, "model", plain_dimensions, device=args.device)
             self.dimensions = self.policy.dimensions
             self.reference = me.load_reference(self.policy, args.reference, device=args.device)
             self.models = [self.policy]
@@ -103,7 +110,6 @@ class _Run:
                         f"{self.dimensions}; side by side they must share the same dimensions in the same order"
                     )
                 self.models.append(baseline)
-            data = load_listwise(args.data, format=args.data_format)
             if args.max_records is not None:
                 data = data.select(range(min(args.max_records, len(data))))
             self.data = data
