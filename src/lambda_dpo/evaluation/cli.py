@@ -325,7 +325,7 @@ class _Run:
         limit = int(limit) if limit is not None and limit >= 1 else limit
         section = {"lambda": lambdas, "models": {}}
         for model in self.models:
-            with self.monitor.phase("lm-eval"):
+            with self.monitor.phase("lm-eval"), model.steered(lambdas):  # λ-adapters run under the same λ
                 out = run_lm_eval(
                     model.model, model.tokenizer, tasks, include_path=self.args.lm_eval_include_path,
                     system_instruction=lambda_system_instruction(model.metadata, lambdas),

@@ -33,8 +33,11 @@ class LmEvalError(RuntimeError):
 
 
 def lambda_system_instruction(metadata: Mapping[str, Any], lambdas: Mapping[str, float] | None) -> str | None:
-    """The λ line a conditioned model sees in its system message (None for an unconditioned model or no λ)."""
-    if lambdas is None or not metadata.get("condition_on_lambda", True):
+    """The λ line a text-conditioned model sees in its system message (None for an unconditioned model, a
+    λ-adapter model, which gets λ through its adapters, or no λ)."""
+    from lambda_dpo.generation import text_conditioned
+
+    if lambdas is None or not text_conditioned(metadata):
         return None
     return render_lambda(lambdas, metadata["dimensions"], metadata["conditioning_template"])
 
