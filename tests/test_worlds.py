@@ -62,7 +62,6 @@ def test_recipe_steers_every_dimension_of_a_world_it_was_not_tuned_on(tmp_path, 
     """A reduced run of the recipe (λ-DPO only): at the vertex that asks only for dimension d, the mean score on d
     is higher than at every other vertex, for every dimension of the world."""
     from lambda_dpo.demo.cli import METHODS, QUICK, _controllability, _train_method, prepare
-    from lambda_dpo.evaluation.controllability import lambda_grid
     from lambda_dpo.generation import load_model
 
     world = WORLDS[name]
@@ -75,8 +74,8 @@ def test_recipe_steers_every_dimension_of_a_world_it_was_not_tuned_on(tmp_path, 
     prompts = [r["prompt"][-1]["content"] for r in heldout.select(range(s.eval_prompts))]
     result = _controllability(model, tokenizer, metadata, prompts, replace(s, grid_n=1), "λ-DPO", world)
     dims = world.dimensions
-    assert len(result.grid) == len(lambda_grid(dims, 1)) == len(dims)  # the vertices
-    vertex = {max(p, key=p.get): scores for p, scores in zip(result.grid, result.mean_scores)}
+    vertex = {max(p, key=p.get): scores for p, scores in zip(result.grid, result.mean_scores) if max(p.values()) == 1}
+    assert sorted(vertex) == sorted(dims)  # the grid of step 1 is the vertices (and the centre)
     for i, d in enumerate(dims):
         others = {o: round(float(vertex[o][i]), 3) for o in dims if o != d}
         assert vertex[d][i] > max(others.values()), f"{name}/{d}: {vertex[d][i]:.3f} at its vertex vs {others}"
