@@ -237,7 +237,7 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
         _, metrics, seconds = _train_method(label, options, sft_dir, out_dir, train, heldout, tokenizer, s)
         models[label] = out_dir
         rows[label] = {"heldout_accuracy": metrics.get("eval_accuracy_mean"), "train_seconds": seconds,
-                       "lambda_reliance": metrics.get("eval_lambda_reliance"),
+                       "lambda_reliance": metrics.get("eval_lambda_reliance_relative"),
                        "lambda_logp_shift": metrics.get("eval_lambda_logp_shift")}
 
     _log("[4/5] controllability on held-out prompts over the λ grid")
@@ -247,7 +247,7 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
         model, _, metadata = load_model(path, device="cpu")
         results[label] = _controllability(model, tokenizer, metadata, prompts, s, label, the_world)
     results[ORACLE] = oracle_controllability(heldout, prompts, s, the_world)  # the ceiling: no model, the target itself
-    rows[ORACLE] = {"heldout_accuracy": None, "train_seconds": None}
+    rows[ORACLE] = {"heldout_accuracy": None, "train_seconds": None, "lambda_reliance": None}
     reference_point, volumes = shared_hypervolumes(results)
     for label, result in results.items():
         rows[label].update({"spearman": result.spearman_rows, "spearman_means": result.spearman_means,
@@ -284,14 +284,15 @@ def _examples(results, prompts) -> dict:
 def method_table(summary: dict) -> str:
     dims = summary["dimensions"]
     header = ("| method | " + " | ".join(f"Spearman {d}" for d in dims)
-              + " | per response | gap to target | hypervolume | held-out ranking acc. | train time (s) |")
-    lines = [header, "|" + "---|" * (len(dims) + 6)]
+              + " | per response | gap to target | hypervolume | held-out ranking acc. | λ-reliance (relative) "
+              "| train time (s) |")
+    lines = [header, "|" + "---|" * (len(dims) + 7)]
     for label, row in summary["methods"].items():
         means = [_signed(row["spearman_means"][d]) for d in dims]
         rows = " / ".join(_signed(row["spearman"][d]) for d in dims)
         lines.append(f"| {label} | " + " | ".join(means) + f" | {rows} | {_or_dash(row.get('target_gap'), '.3f')} | "
                      f"{row['hypervolume']:.4f} | {_or_dash(row['heldout_accuracy'], '.3f')} | "
-                     f"{_or_dash(row['train_seconds'], '.0f')} |")
+                     f"{_or_dash(row.get('lambda_reliance'), '.2f')} | {_or_dash(row['train_seconds'], '.0f')} |")
     return "\n".join(lines)
 
 
