@@ -59,10 +59,13 @@ class SFTArguments:
     conditioning_template: str = field(
         default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line (the one `train` will use)."}
     )
+    torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads of this process (default: torch's choice, one per core). On a shared machine 1 thread can be several times faster than 2 while other jobs run: benchmarks/bench_threads.py."})
 
     def __post_init__(self):
         if self.top_k < 0:
             raise ValueError(f"top_k must be ≥ 0 (0 = every response), got {self.top_k}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be ≥ 1, got {self.torch_threads}")
         if not 0.0 <= self.lambda_line_fraction <= 1.0:
             raise ValueError(f"lambda_line_fraction must be in [0, 1], got {self.lambda_line_fraction}")
         if "{weights}" not in self.conditioning_template:
@@ -288,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lambda_dpo.data import DataError, ensure_chat_template
 
+    if sft_args.torch_threads:
+        torch.set_num_threads(sft_args.torch_threads)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     try:
         tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(sft_args.model_name_or_path))

@@ -111,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING, stream=sys.stderr,
                         format="%(message)s")
     os.makedirs(config.output_dir, exist_ok=True)
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     trainer = train_from_config(config)
     if config.should_log:
         print(f"saved the trained model to {config.output_dir}")

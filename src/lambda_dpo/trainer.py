@@ -173,6 +173,7 @@ class LambdaDPOConfig(TrainingArguments):
     )
     merge_lora: bool = field(default=False, metadata={"help": "Save merged weights instead of the adapter."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for λ-DPO."})
+    torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads of this process (default: torch's choice, one per core). On a shared machine 1 thread can be several times faster than 2 while other jobs run: benchmarks/bench_threads.py."})
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={"help": "group_by_length (default: batches of records of similar padded length, less padding; "
@@ -199,6 +200,8 @@ class LambdaDPOConfig(TrainingArguments):
                                      'as a JSON object, e.g. {"key": 1}') from None
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object (a mapping), got {getattr(self, name)!r}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be ≥ 1, got {self.torch_threads}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")

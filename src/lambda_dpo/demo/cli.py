@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -112,9 +113,11 @@ def _train_method(name: str, options: dict, sft_dir: str, out_dir: str, train, h
     return trainer, metrics, seconds
 
 
-def _controllability(model, tokenizer, metadata, prompts, s: DemoSettings, label: str, world):
+def _controllability(model, tokenizer, metadata, prompts, s: DemoSettings, label: str, world=None):
+    from lambda_dpo.demo.worlds import WORLDS
     from lambda_dpo.evaluation.controllability import evaluate_controllability, lambda_grid
 
+    world = world or WORLDS["demo"]
     DIMENSIONS, scorer = world.dimensions, world.scorer
     from lambda_dpo.generation import sample_responses
 
@@ -210,7 +213,7 @@ def target_gap(result, oracle) -> float | None:
 
 
 def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
-             settings: DemoSettings | None = None, world: str = "demo") -> dict:
+             settings: DemoSettings | None = None, world: str = "demo", threads: int | None = None) -> dict:
     """Run the whole demo into ``out`` and return the summary (also written to ``out/report.json``).
 
     ``settings`` overrides the full / ``quick`` presets; ``world`` names one of
@@ -223,7 +226,7 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
     from lambda_dpo.generation import load_model
 
     s = replace(settings or (QUICK if quick else DemoSettings()), seed=seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     started = time.perf_counter()
     the_world = get_world(world)
     DIMENSIONS = the_world.dimensions
@@ -356,10 +359,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEMO_DIR_DEFAULT, help=f"run directory (default: {DEMO_DIR_DEFAULT})")
     parser.add_argument("--quick", action="store_true", help="a reduced run (about 3 minutes on 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: one per core; 1 is faster while other jobs share the cores, "
+                             "benchmarks/bench_threads.py)")
     parser.add_argument("--world", default="demo", choices=["demo", "support", "travel"],
                         help="which procedural world to run on (docs/worlds.md; default: the demo's own)")
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed, world=args.world)
+    if args.threads is not None and args.threads < 1:
+        print(f"lambda-dpo demo: --threads must be ≥ 1, got {args.threads}", file=sys.stderr)
+        return 2
+    run_demo(args.out, quick=args.quick, seed=args.seed, world=args.world, threads=args.threads)
     return 0
