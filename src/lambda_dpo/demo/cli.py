@@ -226,7 +226,9 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
     from lambda_dpo.generation import load_model
 
     s = replace(settings or (QUICK if quick else DemoSettings()), seed=seed)
-    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+    # Half the cores by default: on 2 shared cores, 2 threads were 1.4× faster than 1 on a quiet machine but 2.9×
+    # slower beside one other busy process (benchmarks/bench_threads.py, 2026-12-01).
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     started = time.perf_counter()
     the_world = get_world(world)
     DIMENSIONS = the_world.dimensions
@@ -360,8 +362,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a reduced run (about 3 minutes on 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: one per core; 1 is faster while other jobs share the cores, "
-                             "benchmarks/bench_threads.py)")
+                        help="torch CPU threads (default: half the cores, which keeps its speed while other jobs share "
+                             "them; benchmarks/bench_threads.py)")
     parser.add_argument("--world", default="demo", choices=["demo", "support", "travel"],
                         help="which procedural world to run on (docs/worlds.md; default: the demo's own)")
 
