@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lambda_dpo import reliance
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
 from lambda_dpo.evaluation.metrics import kl_estimate, length_bias, ranking_report, spearman, win_rate
 from lambda_dpo.targets import mix_targets, scores_to_tensor, target_probs_from_scores
@@ -286,8 +287,9 @@ def lambda_reliance_report(vertex_rewards: Sequence[np.ndarray], vertex_logps: S
     ``matrix[p][d]`` is dimension d's listwise loss −Σ_i p*[d]_i log softmax(r)_i with the policy told e_p;
     ``per_dimension[d]`` = (mean over p ≠ d of matrix[p][d]) − matrix[d][d] (≈ 0: λ is ignored for d),
     ``relative_per_dimension[d]`` that gap over the targets' own (`lambda_dpo.reliance`; 1 = as λ-dependent as the
-    targets), ``reliance`` / ``relative`` their means (what the trainer logs as ``eval_lambda_reliance…``); ``logp_shift`` = mean |ℓ(y | x, e_p) − ℓ(y | x, e_q)| over
-    responses and pairs p < q, in nats per response (summed log-probs)."""
+    targets), ``reliance`` / ``relative`` their means (what the trainer logs as ``eval_lambda_reliance…``);
+    ``logp_shift`` = mean |ℓ(y | x, e_p) − ℓ(y | x, e_q)| over responses and pairs p < q, in nats per response
+    (summed log-probs)."""
     dims, m = heldout.dimensions, len(heldout.dimensions)
     mask = heldout.response_mask
     matrix = np.full((m, m), np.nan)
@@ -300,8 +302,6 @@ def lambda_reliance_report(vertex_rewards: Sequence[np.ndarray], vertex_logps: S
             if rows.any():
                 losses = -(heldout.target_probs[:, d, :] * log_softmax).sum(-1)
                 matrix[p, d] = float(losses[rows].mean())
-    from lambda_dpo import reliance
-
     as_dict = {(dims[p], dims[d]): float(matrix[p, d]) for p in range(m) for d in range(m) if np.isfinite(matrix[p, d])}
     gaps = reliance.per_dimension(as_dict, dims)
     ideal_sums, ideal_counts = reliance.target_cross_entropy(torch.from_numpy(heldout.target_probs).double(),
