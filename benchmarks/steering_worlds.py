@@ -111,12 +111,13 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_step
                        "lambda_logp_shift": evaluation["lambda_reliance"]["model"]["logp_shift"]}
     heldout = load_listwise(heldout_path, format="listwise", dimensions=world.dimensions)
     prompts = [p.text for p in generation_prompts(heldout, 16)[0]]
-    results["oracle"] = oracle_controllability(heldout, prompts, DemoSettings(tau=0.05, samples=samples, seed=seed),
-                                               world)
-    rows["oracle"] = {"heldout_accuracy": None, "lambda_reliance": None, "lambda_reliance_relative": None,
-                      "lambda_logp_shift": None}
     ranges = score_ranges(load_listwise(train_path, format="listwise", dimensions=world.dimensions),
                           world.dimensions).numpy()
+    # The recipe's targets: τ = 0.05 relative to each dimension's score range (tau_scale: range)
+    results["oracle"] = oracle_controllability(heldout, prompts, DemoSettings(tau=0.05, samples=samples, seed=seed),
+                                               world, ranges)
+    rows["oracle"] = {"heldout_accuracy": None, "lambda_reliance": None, "lambda_reliance_relative": None,
+                      "lambda_logp_shift": None}
     _, volumes = shared_hypervolumes({k: _scaled(r, ranges) for k, r in results.items()})
     oracle_means = np.asarray(results["oracle"].mean_scores) / ranges
     for label, result in results.items():

@@ -167,12 +167,13 @@ def prepare(out: str, s: DemoSettings, world=None):
     return train, heldout, tokenizer, sft_dir, time.perf_counter() - started
 
 
-def oracle_controllability(heldout, prompts: list[str], s: DemoSettings, world=None):
+def oracle_controllability(heldout, prompts: list[str], s: DemoSettings, world=None, score_scale=None):
     """Controllability of the *oracle*: a policy that answers each held-out prompt with one of its record's
     candidates, drawn from the λ-mixed target ``Σ_d λ_d softmax(s_d/τ)`` — exactly what λ-DPO's loss asks of the
     policy. Its numbers are the yardstick of this world and evaluation (e.g. concise and detailed conflict, so
     neither reaches Spearman 1); a model can beat it, being free to answer outside the candidates and to be sharper
-    than the target. Same prompts, grid, samples and scorer as the models."""
+    than the target. Same prompts, grid, samples and scorer as the models; ``score_scale`` ``[m]`` divides the
+    scores as ``tau_scale: range`` does in training (the training data's score range per dimension)."""
     import torch
 
     from lambda_dpo.demo.worlds import WORLDS
@@ -190,7 +191,10 @@ def oracle_controllability(heldout, prompts: list[str], s: DemoSettings, world=N
         out = []
         for prompt in batch:
             record = records[prompt]
-            targets, mask = target_probs_from_scores(scores_to_tensor(record["scores"], DIMENSIONS)[None], s.tau)
+            scores = scores_to_tensor(record["scores"], DIMENSIONS)[None]
+            if score_scale is not None:  # tau_scale: range, as in training (τ_d = τ · range_d)
+                scores = scores / torch.as_tensor(score_scale, dtype=scores.dtype)[:, None]
+            targets, mask = target_probs_from_scores(scores, s.tau)
             q = mix_targets(targets.double(), lam, mask)[0]
             picks = torch.multinomial(q, num_samples, replacement=True, generator=generator)
             out.append([record["responses"][i] for i in picks.tolist()])
@@ -251,7 +255,10 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
     for label, path in models.items():
         model, _, metadata = load_model(path, device="cpu")
         results[label] = _controllability(model, tokenizer, metadata, prompts, s, label, the_world)
-    results[ORACLE] = oracle_controllability(heldout, prompts, s, the_world)  # the ceiling: no model, the target itself
+    from lambda_dpo.trainer import score_ranges
+
+    scale = score_ranges(train, DIMENSIONS) if s.tau_scale == "range" else None
+    results[ORACLE] = oracle_controllability(heldout, prompts, s, the_world, scale)  # the ceiling: no model, the target itself
     rows[ORACLE] = {"heldout_accuracy": None, "train_seconds": None, "lambda_reliance": None}
     reference_point, volumes = shared_hypervolumes(results)
     for label, result in results.items():
