@@ -277,9 +277,8 @@ def run(args: argparse.Namespace) -> int:
     if args.help_fields:
         HfArgumentParser((SFTArguments, TrainingArguments)).print_help()
         return 0
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path and config_path.startswith("--"):
-        config_path, overrides = None, [config_path, *overrides]
+    # No YAML: lambda_dpo.cli hands every --key value to `overrides` (CONFIG_THEN_OVERRIDES)
+    config_path, overrides = args.config or None, list(args.overrides)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     sft_args, training_args = parse_config(config_path, overrides)
     for name in ("model_name_or_path", "dataset"):

@@ -63,8 +63,9 @@ def train_from_config(config):
                                        **(config.dataset_options or {}))
         if config.should_log:
             logger.warning("%s data %s: %s", split, path, report.summary())
-            if long_lists_warning(ds):
-                logger.warning("%s data %s: %s", split, path, long_lists_warning(ds))
+            warning = long_lists_warning(ds)
+            if warning:
+                logger.warning("%s data %s: %s", split, path, warning)
         datasets[split] = ds
     if "train" not in datasets:
         raise SystemExit("lambda-dpo train: set `dataset` (a listwise file or any docs/spec.md §2 input)")
@@ -102,11 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
         HfArgumentParser(LambdaDPOConfig).print_help()
         return 0
-    config_path = args.config
-    overrides = list(args.overrides)
-    if config_path and config_path.startswith("--"):
-        overrides, config_path = [config_path, *overrides], None
-    config = parse_config(config_path, overrides)
+    # No YAML: lambda_dpo.cli hands every --key value to `overrides` (CONFIG_THEN_OVERRIDES)
+    config = parse_config(args.config or None, list(args.overrides))
     # Under a multi-process launcher only the main process reports; the others keep warnings and errors.
     logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING, stream=sys.stderr,
                         format="%(message)s")

@@ -126,7 +126,7 @@ class LambdaDPOConfig(TrainingArguments):
                           "warns that the policy ignores λ there (0 = never warn)."},
     )
     lambda_reliance_min: float = field(
-        default=0.1,
+        default=reliance.RELATIVE_MIN,
         metadata={"help": "Relative λ-reliance (the share of the targets' own dependence on λ that the policy shows, "
                           "lambda_dpo.reliance) below which a λ-conditioned run warns, per dimension."},
     )
@@ -610,6 +610,7 @@ class LambdaDPOTrainer(Trainer):
         probes = {"centre": torch.full((m,), 1.0 / m)} | {d: torch.eye(m)[i] for i, d in enumerate(self.dimensions)}
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
+        ideal_sums, ideal_counts = torch.zeros(m, m), torch.zeros(m, m)  # the targets' own λ-dependence
         for inputs in self.get_eval_dataloader(dataset):
             inputs = self._without_repeated_rows(self._prepare_inputs(inputs))
             batch_size = inputs["response_mask"].shape[0]
@@ -632,11 +633,8 @@ class LambdaDPOTrainer(Trainer):
                         sums[f"cross/{probe}/{d}"] += value * count
                         counts[f"cross/{probe}/{d}"] += count
             target_probs, dimension_mask = self._targets(inputs)
-            ideal_sums, ideal_counts = target_cross_entropy(target_probs.float(), dimension_mask)
-            for i, p in enumerate(self.dimensions):
-                for j, d in enumerate(self.dimensions):
-                    sums[f"ideal/{p}/{d}"] += ideal_sums[i, j].item()
-                    counts[f"ideal/{p}/{d}"] += ideal_counts[i, j].item()
+            batch_sums, batch_counts = target_cross_entropy(target_probs.float(), dimension_mask)
+            ideal_sums, ideal_counts = ideal_sums + batch_sums.cpu(), ideal_counts + batch_counts.cpu()
             real = inputs["response_mask"] & torch.isfinite(inputs["scores"]).any(1)
             for i in range(m):
                 for j in range(i + 1, m):
@@ -644,6 +642,9 @@ class LambdaDPOTrainer(Trainer):
                     sums["logp_shift"] += shift.sum().item()
                     counts["logp_shift"] += shift.numel()
         model.train(was_training)
+        for i, p in enumerate(self.dimensions):
+            for j, d in enumerate(self.dimensions):
+                sums[f"ideal/{p}/{d}"], counts[f"ideal/{p}/{d}"] = ideal_sums[i, j].item(), ideal_counts[i, j].item()
         cross = [f"cross/{p}/{d}" for p in self.dimensions for d in self.dimensions]
         ideal = [f"ideal/{p}/{d}" for p in self.dimensions for d in self.dimensions]
         names = ["loss", *(f"{key}/{d}" for d in self.dimensions for key in ("loss", "accuracy", "margin")),

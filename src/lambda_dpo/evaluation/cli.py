@@ -21,6 +21,7 @@ import numpy as np
 
 from lambda_dpo.conditioning import parse_lambda
 from lambda_dpo.evaluation import model_eval as me
+from lambda_dpo.reliance import RELATIVE_MIN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,9 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-eval-batch-size", type=int, default=8)
     lm.add_argument("--lm-eval-chat-template", action=argparse.BooleanOptionalAction, default=True,
                     help="render benchmark prompts with the chat template (the λ line as system message)")
-
-
-RELIANCE_MIN = 0.1  # relative λ-reliance: the trainer's lambda_reliance_min default
 
 
 def _lambdas(texts: Sequence[str] | None, dimensions: list[str], normalize: bool) -> list[dict[str, float]]:
@@ -205,7 +203,8 @@ class _Run:
                                                heldout_for(model.tokenizer)[0])
             reliance[model.label] = report
             steerable = model.metadata.get("condition_on_lambda", True) and "fixed_lambda" not in model.metadata
-            weak = {d: share for d, share in report["relative_per_dimension"].items() if share < RELIANCE_MIN}
+            weak = {d: share for d, share in report["relative_per_dimension"].items()
+                    if share < RELATIVE_MIN}
             if steerable and weak:
                 self.notes.append(
                     f"{model.label} ignores λ for {', '.join(weak)} (relative λ-reliance "
