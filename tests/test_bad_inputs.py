@@ -43,6 +43,87 @@ def test_bad_train_setting_is_one_line_naming_it(tmp_path, override, message):
     assert "\n" not in text and text.startswith("lambda-dpo train: ")
 
 
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """A tiny model folder with its tokenizer, and one without."""
+    from _tiny import gpt2_tokenizer, tiny_llama
+
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = gpt2_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(root / "full")
+    tokenizer.save_pretrained(root / "full")
+    tiny_llama(len(tokenizer)).save_pretrained(root / "no_tokenizer")
+    return root
+
+
+def _records(path, extra=()):
+    import json
+
+    rows = [{"id": f"r{i}", "prompt": f"question {i}", "responses": ["a b", "c d e", "f"],
+             "scores": {"help": [1, 2, 3], "safe": [3, 1, 2]}} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *extra]))
+    return str(path)
+
+
+def _system_record(record_id, words):
+    return {"id": record_id, "prompt": [{"role": "system", "content": "be nice " * words},
+                                        {"role": "user", "content": "hi"}],
+            "responses": ["a", "b"], "scores": {"help": [1, 2], "safe": [2, 1]}}
+
+
+BAD_TRAIN_RUNS = [  # (override, what the message must name); these get past the settings to the model and data
+    (["--model_name_or_path", "MISSING"], "no such folder, and it is not a Hugging Face Hub name"),
+    (["--model_name_or_path", "NO_TOKENIZER"], "has no tokenizer (none of tokenizer.json"),
+    (["--model_name_or_path", "NOT_A_MODEL"], "is a folder without config.json"),
+    (["--output_dir", "/proc/not-here"], "output_dir='/proc/not-here' is not a writable folder"),
+    (["--max_prompt_length", "200", "--max_length", "100"], "need 0 < max_prompt_length < max_length"),
+    (["--lambda_schedule", "fixed", "--lambda_schedule_kwargs", '{"weights": {"help": 0.5, "safe": 0.6}}'],
+     "are not on the simplex"),
+    (["--lambda_schedule", "fixed", "--lambda_schedule_kwargs", '{"weights": {"help": 0.5, "x": 0.5}}'],
+     "unknown dimension(s) ['x']"),
+    # the system text fits alone but not with the λ line: found before training, not at the step that draws it
+    (["--dataset", "SYSTEM_FITS_ALONE"], "1 record(s) cannot fit their prompt in max_prompt_length=48 tokens with "
+                                         "the λ line"),
+    (["--dataset", "SYSTEM_TOO_LONG", "--condition_on_lambda", "false"], "record 'LONG': the prompt cannot fit in 48"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_TRAIN_RUNS, ids=[" ".join(c[0]) for c in BAD_TRAIN_RUNS])
+def test_bad_model_data_or_output_is_one_line_naming_it(tmp_path, model_dirs, capsys, override, message):
+    names = {"MISSING": str(tmp_path / "missing"), "NO_TOKENIZER": str(model_dirs / "no_tokenizer"),
+             "NOT_A_MODEL": str(tmp_path),
+             "SYSTEM_FITS_ALONE": _records(tmp_path / "near.jsonl", [_system_record("NEAR", 11)]),
+             "SYSTEM_TOO_LONG": _records(tmp_path / "long.jsonl", [_system_record("LONG", 40)])}
+    override = [names.get(o, o) for o in override]
+    args = ["train", "--model_name_or_path", str(model_dirs / "full"), "--dataset", _records(tmp_path / "d.jsonl"),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "2",
+            "--max_length", "128", "--max_prompt_length", "48", "--use_cpu", "true", "--report_to", "none",
+            "--save_strategy", "no", "--disable_tqdm", "true", *override]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    text = str(exit_info.value.code)
+    assert message in text, text
+    assert "\n" not in text and text.startswith("lambda-dpo train: ")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_system_text_that_fits_alone_trains_unconditioned(tmp_path, model_dirs):
+    """The prompt-budget check above is about the λ line: the same record trains when λ is not rendered."""
+    data = _records(tmp_path / "near.jsonl", [_system_record("NEAR", 11)])
+    assert main(["train", "--model_name_or_path", str(model_dirs / "full"), "--dataset", data,
+                 "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "2",
+                 "--max_length", "128", "--max_prompt_length", "48", "--use_cpu", "true", "--report_to", "none",
+                 "--save_strategy", "no", "--disable_tqdm", "true", "--condition_on_lambda", "false"]) == 0
+
+
+def test_eval_of_a_folder_without_tokenizer_is_one_line(tmp_path, model_dirs, capsys):
+    data = _records(tmp_path / "d.jsonl")
+    assert main(["eval", "--model", str(model_dirs / "no_tokenizer"), "--data", data,
+                 "--out", str(tmp_path / "ev")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "has no tokenizer" in err and "Traceback" not in err and err.startswith("lambda-dpo eval: ")
+
+
 def test_duplicate_yaml_keys_are_rejected_with_the_line(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("beta: 0.1\ntau: 1.0\nbeta: 0.5\n")
@@ -202,3 +283,20 @@ def test_bad_generate_arguments_are_one_line(tmp_path, capsys, extra, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("lambda-dpo generate: ")
+
+
+def test_an_unforeseen_error_is_one_line_unless_debug_is_asked_for(monkeypatch, capsys):
+    import lambda_dpo.export
+
+    def broken(args):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(lambda_dpo.export, "run", broken)
+    monkeypatch.delenv("LAMBDA_DPO_DEBUG", raising=False)
+    assert main(["export", "--model", "m", "--lambda", "a=1", "--out", "o"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("lambda-dpo export: unexpected RuntimeError: something broke (set LAMBDA_DPO_DEBUG=1 for the "
+                   "traceback, and please report it)")
+    monkeypatch.setenv("LAMBDA_DPO_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="broke"):
+        main(["export", "--model", "m", "--lambda", "a=1", "--out", "o"])

@@ -170,3 +170,31 @@ def test_nothing_valid_is_an_error_even_when_not_strict(tmp_path: Path):
     path.write_text(good(responses=["only"]) + "\n")
     with pytest.raises(DataValidationError, match=r"no valid listwise record in .*bad\.jsonl"):
         load_listwise(path, keep_in_memory=True)
+
+
+WARNED = {  # valid records that are probably a mistake: kept, and warned about once with a count and location
+    "robot_role": ({"prompt": [{"role": "robot", "content": "hi"}, {"role": "user", "content": "q"}],
+                    "responses": ["a", "b"], "scores": {"help": [1, 2]}}, "role 'robot' is not one chat templates"),
+    "no_user_message": ({"prompt": [{"role": "assistant", "content": "hi"}], "responses": ["a", "b"],
+                         "scores": {"help": [1, 2]}}, "a prompt with no user message"),
+    "identical_responses": ({"prompt": "q", "responses": ["same", "same"], "scores": {"help": [1, 2]}},
+                            "identical responses with different scores"),
+    "misspelt_dimension": ({"prompt": "q", "responses": ["a", "b"], "scores": {"hlep": [1, 2]}},
+                           "(the most scored one by 8) (a misspelling of 'help'?)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WARNED))
+def test_suspicious_records_are_kept_and_warned_about(tmp_path: Path, case: str):
+    record, message = WARNED[case]
+    good = [{"prompt": f"p{i}", "responses": ["x", "y"], "scores": {"help": [0, 1]}} for i in range(8)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*good, record]))
+    data, report = load_listwise(str(path), return_report=True, keep_in_memory=True)
+    assert len(data) == 9 and not report.rejections
+    assert len(report.warnings) == 1 and message in report.warnings[0], report.warnings
+    assert f"{path}:9" in report.warnings[0] and f"warning: {report.warnings[0]}" in report.summary()
+    # identical texts scored alike, and a rare dimension that was asked for, are not mistakes
+    clean = load_listwise(str(path), return_report=True, keep_in_memory=True,
+                          dimensions=["help", "hlep"])[1] if case == "misspelt_dimension" else None
+    assert clean is None or not clean.warnings

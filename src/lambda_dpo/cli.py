@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+
+DEBUG_ENV = "LAMBDA_DPO_DEBUG"  # set to 1: unexpected errors print their full traceback
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -95,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # not a user's mistake we foresaw: one line, the traceback only on request
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        message = " ".join(str(e).split()) or "(no message)"
+        print(f"lambda-dpo {name}: unexpected {type(e).__name__}: {message} (set {DEBUG_ENV}=1 for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

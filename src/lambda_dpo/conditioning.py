@@ -118,3 +118,34 @@ def conditioned_prompt_ids(
     if lambdas is not None:
         system = with_conditioning(system, render_lambda(lambdas, dimensions, template))
     return encode_prompt(tokenizer, messages, system or "", max_prompt_tokens)
+
+
+def widest_lambda_line(tokenizer, dimensions: Sequence[str], template: str = DEFAULT_TEMPLATE) -> str:
+    """The λ line with the most tokens that training can render: each weight (two decimals, 0.00 … 1.00) chosen
+    as the value whose ``name=value`` takes the most tokens. Not on the simplex; a bound for length checks."""
+    values = [f"{v / 100:.2f}" for v in range(101)]
+    widest = [
+        max(values, key=lambda v, d=d: len(tokenizer(f" {d}={v}", add_special_tokens=False)["input_ids"]))
+        for d in dimensions
+    ]
+    return template.format(weights=" ".join(f"{d}={v}" for d, v in zip(dimensions, widest)))
+
+
+def check_prompt_budget(dataset, tokenizer, dimensions: Sequence[str], template: str, max_prompt_tokens: int) -> None:
+    """Raise ``ValueError`` naming the records whose system text plus the widest λ line (and the chat template)
+    cannot fit in ``max_prompt_tokens``: truncation never cuts the system message, so training would fail on them
+    at whatever step first draws them. Checked once, before training starts."""
+    from lambda_dpo.data import shortest_prompt_lengths
+
+    line = widest_lambda_line(tokenizer, dimensions, template)
+    systems = [with_conditioning(system, line) for system in dataset["system"]]
+    lengths = shortest_prompt_lengths(tokenizer, dataset["prompt"], systems)
+    over = [(record_id, n) for record_id, n in zip(dataset["id"], lengths) if n > max_prompt_tokens]
+    if over:
+        shown = ", ".join(f"{record_id!r} ({n} tokens)" for record_id, n in over[:5])
+        more = f" and {len(over) - 5} more" if len(over) > 5 else ""
+        raise ValueError(
+            f"{len(over)} record(s) cannot fit their prompt in max_prompt_length={max_prompt_tokens} tokens with the "
+            f"λ line ({line!r}): their system text, the λ line and the chat template alone need more: {shown}{more}; "
+            "raise max_prompt_length (and max_length) or shorten those records' system text"
+        )

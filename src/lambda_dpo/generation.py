@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids, parse_lambda, render_lambda
+from lambda_dpo.model_dir import METADATA_FILE
 
-METADATA_FILE = "lambda_dpo.json"
 LambdaLike = str | Mapping[str, float] | Sequence[float]
 
 
@@ -46,14 +46,11 @@ def text_conditioned(metadata: dict[str, Any]) -> bool:
 def load_model(model_dir: str, device: str | None = None, dtype: str | None = None):
     """(model, tokenizer, metadata) of a trained directory; LoRA adapter directories load through peft."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lambda_dpo.data import ensure_chat_template
+    from lambda_dpo.model_dir import load_pretrained
 
     metadata = load_metadata(model_dir)
-    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    tokenizer, model = load_pretrained(model_dir, setting="--model", dtype=getattr(torch, dtype) if dtype else None)
     if metadata["condition_on_lambda"] and metadata["conditioning"] == "lora":
         from lambda_dpo.lambda_adapters import load_adapters
 

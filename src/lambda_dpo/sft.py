@@ -286,18 +286,17 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"lambda-dpo sft: set {name} (in the YAML or as --{name} ...)")
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lambda_dpo.data import DataError, ensure_chat_template
+    from lambda_dpo.data import DataError
+    from lambda_dpo.model_dir import ModelLoadError, load_pretrained, torch_dtype
 
     if sft_args.torch_threads:
         torch.set_num_threads(sft_args.torch_threads)
-    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     try:
-        tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(sft_args.model_name_or_path))
-        model = AutoModelForCausalLM.from_pretrained(sft_args.model_name_or_path, dtype=dtype)
-    except OSError as err:
-        print(f"lambda-dpo sft: cannot load model_name_or_path={sft_args.model_name_or_path!r}: {err}", file=sys.stderr)
+        tokenizer, model = load_pretrained(sft_args.model_name_or_path,
+                                           dtype=torch_dtype(training_args.bf16, training_args.fp16))
+    except ModelLoadError as err:
+        print(f"lambda-dpo sft: {err}", file=sys.stderr)
         return 2
     try:
         trainer = sft_trainer(

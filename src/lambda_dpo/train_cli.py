@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 
 logger = logging.getLogger("lambda_dpo")
 
@@ -28,16 +29,14 @@ def parse_config(config_path: str | None, overrides: list[str]):
 
 def load_policy(config):
     """Tokenizer and policy (with LoRA adapters when `use_lora`) for a config."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lambda_dpo.data import ensure_chat_template
+    from lambda_dpo.model_dir import ModelLoadError, load_pretrained, torch_dtype
 
     if not config.model_name_or_path:
         raise SystemExit("lambda-dpo train: set model_name_or_path (a local model directory or a hub name)")
-    tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(config.model_name_or_path))
-    dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype)
+    try:
+        tokenizer, model = load_pretrained(config.model_name_or_path, dtype=torch_dtype(config.bf16, config.fp16))
+    except ModelLoadError as e:
+        raise SystemExit(f"lambda-dpo train: {e}") from None
     if config.use_lora:
         from peft import LoraConfig, get_peft_model
 
@@ -87,6 +86,17 @@ def train_from_config(config):
 CONFIG_THEN_OVERRIDES = True  # `lambda-dpo <cmd> [CONFIG.yaml] [--key value …]` (lambda_dpo.cli)
 
 
+def check_output_dir(path: str) -> None:
+    """Create ``path`` (the run's output_dir) and prove it writable now, not at the first checkpoint."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise SystemExit(f"lambda-dpo train: output_dir={path!r} is not a writable folder ({e.strerror}); "
+                         "choose another output_dir") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML file of LambdaDPOConfig fields (see configs/)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER,
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     # Under a multi-process launcher only the main process reports; the others keep warnings and errors.
     logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING, stream=sys.stderr,
                         format="%(message)s")
-    os.makedirs(config.output_dir, exist_ok=True)
+    check_output_dir(config.output_dir)
     if config.torch_threads:
         import torch
 

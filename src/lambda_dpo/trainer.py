@@ -35,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lambda_dpo import reliance
-from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, check_prompt_budget, conditioned_prompt_ids
 from lambda_dpo.lambda_adapters import (
     ADAPTERS_FILE,
     add_lambda_adapters,
@@ -47,12 +47,12 @@ from lambda_dpo.lambda_adapters import ATTRIBUTE as ADAPTER_ATTRIBUTE
 from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
+from lambda_dpo.model_dir import METADATA_FILE, load_pretrained
 from lambda_dpo.reliance import target_cross_entropy
 from lambda_dpo.targets import mix_targets, target_probs_from_scores
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "lambda_dpo.json"
 SCHEDULE_STATE_FILE = "lambda_schedule_rank{rank}.pt"
 
 CHOICES = {
@@ -309,12 +309,17 @@ class LambdaDPOTrainer(Trainer):
                                 target_modules=args.conditioning_target_modules)
         self.ref_model = None
         self.score_scale = score_ranges(train_dataset, self.dimensions) if args.tau_scale == "range" else None
-        train_dataset = self._prepare_dataset(train_dataset, tokenizer, args)
-        eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args) if eval_dataset is not None else None
-
+        # Settings that depend on the data are checked before the (long) tokenising and reference passes.
         # One λ stream per process (seed + rank): the processes train on different records, under different λ.
         self.schedule = make_schedule(args.lambda_schedule, self.dimensions, seed=args.seed + args.process_index,
                                       **(args.lambda_schedule_kwargs or {}))
+        if args.condition_on_lambda and args.conditioning == "text":
+            for dataset in (train_dataset, eval_dataset):
+                if dataset is not None:
+                    check_prompt_budget(dataset, tokenizer, self.dimensions, args.conditioning_template,
+                                        args.max_prompt_length)
+        train_dataset = self._prepare_dataset(train_dataset, tokenizer, args)
+        eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args) if eval_dataset is not None else None
         self._metric_names = ["kl_proxy", "pad_fraction", *(
             f"{kind}/{name}" for name in self.dimensions for kind in ("loss", "accuracy", "margin", "lambda"))]
         self._metric_sums: dict[str, float] = defaultdict(float)
@@ -394,7 +399,6 @@ class LambdaDPOTrainer(Trainer):
                 "max_prompt_length": args.max_prompt_length}
 
     def _attach_reference(self, model, ref_model, tokenizer, args, train_dataset, eval_dataset):
-        from transformers import AutoModelForCausalLM
 
         from lambda_dpo.reference import gather_reference_logps, reference_fingerprint
 
@@ -405,7 +409,8 @@ class LambdaDPOTrainer(Trainer):
             path = args.reference_model or args.model_name_or_path
             if path is None:
                 raise ValueError("reference=model needs ref_model=…, reference_model or model_name_or_path")
-            ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=model.dtype)
+            setting = "reference_model" if args.reference_model else "model_name_or_path"
+            _, ref_model = load_pretrained(path, setting=setting, dtype=model.dtype, tokenizer=False)
         if not args.precompute_reference:
             self.ref_model = None if adapter_disabled else ref_model.eval().requires_grad_(False)
             return train_dataset, eval_dataset

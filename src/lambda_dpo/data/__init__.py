@@ -23,6 +23,7 @@ from lambda_dpo.data.tokenize import (
     DEFAULT_CHAT_TEMPLATE,
     encode_prompt,
     ensure_chat_template,
+    shortest_prompt_lengths,
     tokenize_listwise,
     truncation_summary,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "ensure_chat_template",
     "listwise_features",
     "load_listwise",
+    "shortest_prompt_lengths",
     "tokenize_listwise",
     "truncation_summary",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import shutil
@@ -133,6 +134,61 @@ def _accept(item: dict, dimensions: Sequence[str] | None, locations: dict[str, s
         )
 
 
+CHAT_ROLES = ("user", "assistant")  # besides "system", which normalize_messages moves out of the prompt
+RARE_DIMENSION_SHARE = 0.2  # a dimension scored by < 20 % as many records as the most scored one looks misspelt
+
+
+def data_warnings(records: Sequence[Mapping], locations: Mapping[str, str], dimensions_given: bool) -> list[str]:
+    """Kept records that are valid but probably a mistake, one warning per kind (with a count and the first
+    location): roles that chat templates do not know, a prompt with no user message, identical responses
+    scored differently, and — when ``dimensions`` was not given — a dimension so rare it is likely misspelt."""
+    def first(ids: list[str]) -> str:
+        return f"{len(ids)} record(s), first at {locations[ids[0]]}"
+
+    odd_roles: dict[str, list[str]] = {}
+    no_user, identical = [], []
+    for record in records:
+        for message in record["prompt"]:
+            if message["role"] not in CHAT_ROLES:
+                odd_roles.setdefault(message["role"], []).append(record["id"])
+        if not any(m["role"] == "user" for m in record["prompt"]):
+            no_user.append(record["id"])
+        by_text: dict[str, int] = {}
+        for i, text in enumerate(record["responses"]):
+            j = by_text.setdefault(text, i)
+            if j != i and any(
+                s[i] is not None and s[j] is not None and s[i] != s[j] for s in record["scores"].values()
+            ):
+                identical.append(record["id"])
+                break
+    out = [
+        f"role {role!r} is not one chat templates know ({', '.join(CHAT_ROLES)}, system): {first(ids)}; many "
+        f"templates render it as-is (e.g. <|{role}|>) or fail; rename it"
+        for role, ids in odd_roles.items()
+    ]
+    if no_user:
+        out.append(f"a prompt with no user message (only assistant turns): {first(no_user)}; the response then "
+                   "continues the assistant's turn; check the prompt field")
+    if identical:
+        out.append(f"identical responses with different scores: {first(identical)}; the target then prefers one "
+                   "of two equal texts, which no policy can learn; deduplicate or fix the scores")
+    if not dimensions_given and records:
+        scored: dict[str, list[str]] = {}  # dimension -> ids of the records that score it
+        for record in records:
+            for name, values in record["scores"].items():
+                if any(v is not None for v in values):
+                    scored.setdefault(name, []).append(record["id"])
+        most = max(map(len, scored.values()), default=0)
+        for name, ids in scored.items():
+            if len(ids) < RARE_DIMENSION_SHARE * most:
+                close = difflib.get_close_matches(name, [d for d in scored if d != name], n=1)
+                guess = f" (a misspelling of {close[0]!r}?)" if close else ""
+                out.append(f"dimension {name!r} is scored by only {first(ids)}, of {len(records)} (the most scored "
+                           f"one by {most}){guess}, yet it is trained on as a dimension of its own; set "
+                           "`dimensions` to the intended names to reject records that use others")
+    return out
+
+
 def _fatal(
     report: LoadReport, strict: bool, format: str, detected: bool, first
 ) -> DataValidationError | None:
@@ -237,10 +293,11 @@ def load_listwise(
         report.unscored_dimensions = [
             n for n in names if all(v is None for r in records for v in r["scores"][n])
         ]
+        report.warnings = data_warnings(records, locations, dimensions_given=dimensions is not None)
     error = _fatal(report, strict, format, detected, first)
     if error is not None:
         raise error
-    (logger.warning if report.rejections or report.unscored_dimensions else logger.info)(
+    (logger.warning if report.rejections or report.unscored_dimensions or report.warnings else logger.info)(
         "%s", report.summary()
     )
 

@@ -99,6 +99,7 @@ class LoadReport:
     dimensions: list[str] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     unscored_dimensions: list[str] = field(default_factory=list)  # dimensions that no record scores
+    warnings: list[str] = field(default_factory=list)  # kept records that look like a mistake (see data_warnings)
 
     def counts_by_reason(self) -> dict[str, int]:
         """Number of rejections per kind (see ``REJECTION_KINDS``), most frequent first."""
@@ -118,6 +119,7 @@ class LoadReport:
             lines.append(f"  ... and {len(self.rejections) - max_examples} more rejections")
         if self.unscored_dimensions:
             lines.append(f"  warning: no record scores dimension(s) {self.unscored_dimensions}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 

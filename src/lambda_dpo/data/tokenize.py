@@ -149,6 +149,13 @@ def encode_prompt(
     )
 
 
+def shortest_prompt_lengths(tokenizer, prompts: Sequence[Sequence[Mapping]], systems: Sequence[str]) -> list[int]:
+    """Tokens each prompt takes with every non-system message emptied: what truncation cannot go below (the
+    system message, the roles and the template), so ``encode_prompt`` raises when this exceeds its budget."""
+    emptied = [_conversation([{**m, "content": ""} for m in p], s) for p, s in zip(prompts, systems)]
+    return [len(ids) for ids in _encode(tokenizer, _render(tokenizer, emptied, True))]
+
+
 TOKEN_COLUMNS = (
     "prompt_input_ids",
     "response_input_ids",
@@ -178,7 +185,10 @@ def _tokenize_batch(batch: dict, tokenizer, max_length: int, max_prompt_length: 
         prompt_ids = encode_prompt(tokenizer, prompt, system) if system else bare_ids[i]
         truncated = len(prompt_ids) > max_prompt_length
         if truncated:
-            prompt_ids = encode_prompt(tokenizer, prompt, system, max_prompt_length)
+            try:
+                prompt_ids = encode_prompt(tokenizer, prompt, system, max_prompt_length)
+            except ValueError as e:
+                raise ValueError(f"record {batch['id'][i]!r}: {e}") from None
         out["prompt_input_ids"].append(prompt_ids)
         out["prompt_truncated"].append(truncated)
         out["response_input_ids"].append([])

@@ -28,9 +28,9 @@ import torch
 from lambda_dpo import reliance
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids
 from lambda_dpo.evaluation.metrics import kl_estimate, length_bias, ranking_report, spearman, win_rate
+from lambda_dpo.model_dir import METADATA_FILE
 from lambda_dpo.targets import mix_targets, scores_to_tensor, target_probs_from_scores
 
-METADATA_FILE = "lambda_dpo.json"
 MIXED = "λ-mixed"  # the pseudo-dimension of the λ-mixed target Σ_d λ_d p*[d] in ranking reports
 
 
@@ -100,10 +100,9 @@ def load_eval_model(path: str, label: str, dimensions: Sequence[str] | None = No
     A plain model gets :func:`plain_metadata` over ``dimensions``; ``tokenizer`` replaces the directory's own
     (the reference must read exactly the tokens the policy was trained on).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from lambda_dpo.data import ensure_chat_template
     from lambda_dpo.generation import load_model
+    from lambda_dpo.model_dir import load_pretrained
 
     device = device or default_device()
     if not os.path.isdir(path):
@@ -116,8 +115,8 @@ def load_eval_model(path: str, label: str, dimensions: Sequence[str] | None = No
         else:
             if dimensions is None:
                 raise ValueError(f"{path} has no {METADATA_FILE}; the dimensions to evaluate must be given")
-            own_tokenizer = None if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+            own_tokenizer, model = load_pretrained(path, setting=f"--{label}", tokenizer=tokenizer is None)
+            model = model.to(device).eval()
             metadata = plain_metadata(dimensions)
     except OSError as error:
         raise OSError(f"could not load the {label} model from {path}: {error}") from None

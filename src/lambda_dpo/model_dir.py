@@ -1,0 +1,77 @@
+"""Model directories: loading a tokenizer and a causal LM by a setting's value, with one-line errors.
+
+A user's model path is either a local folder or a Hugging Face Hub name. transformers answers a missing folder
+with a chain of hub errors (``HFValidationError``) and a folder without a tokenizer with a message about
+sentencepiece; :func:`load_pretrained` says instead which of the two it is and how to fix it, raising
+:class:`ModelLoadError` (a ``ValueError`` the CLIs print as one line).
+"""
+
+from __future__ import annotations
+
+import os
+
+METADATA_FILE = "lambda_dpo.json"  # the λ-DPO facts of a trained model dir (dimensions, template, …)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer cannot be loaded from a setting's value; the message names the setting."""
+
+
+def torch_dtype(bf16: bool = False, fp16: bool = False):
+    """The dtype that the Trainer's ``bf16``/``fp16`` flags ask the weights to be loaded in."""
+    import torch
+
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+
+
+def check_model_path(path: str, setting: str = "model_name_or_path") -> None:
+    """Raise :class:`ModelLoadError` if ``path`` is neither a local folder with a model nor a valid hub name."""
+    if os.path.isdir(path):
+        if not any(os.path.exists(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+            raise ModelLoadError(f"{setting}={path!r} is a folder without config.json (or a LoRA adapter's "
+                                 "adapter_config.json), so it holds no model; point it at the folder that "
+                                 "save_pretrained wrote")
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise ModelLoadError(f"{setting}={path!r}: no such folder, and it is not a Hugging Face Hub name "
+                             "(owner/name); check the path")
+
+
+def load_pretrained(path: str, *, setting: str = "model_name_or_path", dtype=None, tokenizer: bool = True):
+    """``(tokenizer, model)`` from a local folder or a hub name (``tokenizer=False``: ``(None, model)``).
+
+    The tokenizer gets the default chat template if it has none (``ensure_chat_template``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lambda_dpo.data import ensure_chat_template
+
+    check_model_path(path, setting)
+    where = "folder" if os.path.isdir(path) else "hub model"
+    loaded_tokenizer = None
+    if tokenizer:
+        if where == "folder" and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            raise ModelLoadError(f"{setting}={path!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save "
+                                 "it next to the weights with tokenizer.save_pretrained(that folder)")
+        try:
+            loaded_tokenizer = ensure_chat_template(AutoTokenizer.from_pretrained(path))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{setting}={path!r}: cannot load its tokenizer: {_first_line(e)}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    except (OSError, ValueError) as e:
+        hint = " (the hub needs a network; give a local folder offline)" if where == "hub model" else ""
+        raise ModelLoadError(f"{setting}={path!r}: cannot load the {where}{hint}: {_first_line(e)}") from None
+    return loaded_tokenizer, model
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
