@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from lambda_dpo.demo.cli import ORACLE, run_demo
+from lambda_dpo.demo.cli import ORACLE
 
 
 @pytest.mark.slow
-def test_quick_demo_steers_and_writes_report_plots_and_models(tmp_path):
-    summary = run_demo(str(tmp_path), quick=True)
+def test_quick_demo_steers_and_writes_report_plots_and_models(quick_demo):
+    tmp_path, summary = quick_demo
 
     # Steering direction: λ-DPO's mean score on each dimension is higher at the vertex that asks only for it than at
     # every vertex that ignores it (seed 0, 12 prompts × 8 samples: concise 0.97 vs 0.61 / 0.33, detailed 0.27 vs

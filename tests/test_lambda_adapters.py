@@ -245,7 +245,7 @@ def test_saved_model_dir_has_a_model_card_that_says_how_to_steer_it(tmp_path, co
     card = open(f"{out}/README.md").read()
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert "library_name: transformers" in front and "- lambda-dpo" in front and "- dpo" in front
-    assert "1. `helpfulness`" in body and "2. `honesty`" in body
+    assert "1. `helpfulness`" in body and "2. `honesty`" in body and f"lambda-dpo playground --model {out}" in body
     assert "ranking accuracy, helpfulness" in body and "λ-reliance" in body
     if conditioning == "text":  # the exact system line, for transformers and for an OpenAI-compatible server
         assert "Preference weights: helpfulness=0.50 honesty=0.50" in body and "v1/chat/completions" in body

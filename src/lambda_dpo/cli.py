@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lambda_dpo.train_cli", "train with λ-DPO (or a baseline loss) from a YAML config"),
     "generate": ("lambda_dpo.generation", "generate from a trained model, steered by one or several λ"),
     "eval": ("lambda_dpo.evaluation.cli", "evaluate a trained model: ranking, KL, length bias, controllability"),
+    "playground": ("lambda_dpo.playground", "a local web page (Gradio) to steer a trained model by λ in the browser"),
     "export": ("lambda_dpo.export", "merge a conditioning: lora model at one fixed λ into a plain model directory"),
     "demo": ("lambda_dpo.demo.cli", "the built-in end-to-end run: train a tiny model and show that λ steers it"),
 }

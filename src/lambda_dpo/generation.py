@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids, parse_lambda, render_lambda
@@ -122,6 +122,42 @@ def sample_responses(model, tokenizer, metadata: dict[str, Any], prompts: list[s
         texts = _sample(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
                         temperature=temperature, top_p=top_p, seed=seed, **gen_kwargs)
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+
+def stream_response(model, tokenizer, metadata: dict[str, Any], prompt: str, weights: Mapping[str, float], *,
+                    system: str | None = None, max_new_tokens: int = 128, do_sample: bool = True,
+                    temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+    """Yield the response to ``prompt`` under one λ as it grows (the whole text so far, each time a token
+    arrives): the same sampling as :func:`generate` with that seed, streamed (``transformers.TextIteratorStreamer``,
+    ``generate`` running in a thread)."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    from lambda_dpo.lambda_adapters import lambdas_set
+
+    ids = render_prompt(tokenizer, metadata, prompt, weights, system)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with lambdas_set(model, dict(weights) if metadata["condition_on_lambda"] else None):
+                _sample(model, tokenizer, [ids], max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_p=top_p, seed=seed, streamer=streamer)
+        except BaseException as e:  # handed to the consumer below; the streamer must still end
+            failure.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text.strip()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def generate(

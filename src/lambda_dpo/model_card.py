@@ -78,6 +78,7 @@ def render_card(metadata: Mapping[str, Any], metrics: Mapping[str, float] | None
                 f'print(generate("{model_path}", "How do I bake bread?", "{weights}"))', "```", ""]
     out += ["Side by side, or interactively:", "", "```bash",
             f'lambda-dpo generate --model {model_path} --lambda {dims[0]}=1 --lambda {weights} "Hello"',
+            f"lambda-dpo playground --model {model_path}     # a web page: sliders, presets, side by side",
             f"lambda-dpo eval --model {model_path} --data heldout.jsonl", "```", ""]
     shown = {k: training[k] for k in _SETTINGS_SHOWN if k in training}
     if shown:
