@@ -245,12 +245,12 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_says_so(tmp_path, monkeypa
     assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
-def test_divergence_without_nan_is_warned_with_the_step(caplog):
+def test_divergence_without_nan_is_warned_with_the_step(tmp_path, caplog):
     from transformers import TrainerControl, TrainerState
 
     from lambda_dpo.trainer import DivergenceCallback, LambdaDPOConfig
 
-    args = LambdaDPOConfig(output_dir="unused", learning_rate=1e6, report_to="none")
+    args = LambdaDPOConfig(output_dir=str(tmp_path), learning_rate=1e6, report_to="none")
     state, control = TrainerState(), TrainerControl()
     callback = DivergenceCallback()
     with caplog.at_level("WARNING", logger="lambda_dpo.trainer"):

@@ -70,10 +70,10 @@ def test_in_memory_records_are_validated(tokenizer):
 
 
 @pytest.mark.slow
-def test_sft_lowers_the_response_loss_on_heldout_prompts(tokenizer, world):
+def test_sft_lowers_the_response_loss_on_heldout_prompts(tmp_path, tokenizer, world):
     from transformers import TrainingArguments
 
-    args = TrainingArguments(output_dir="unused", max_steps=30, per_device_train_batch_size=8, learning_rate=1e-2,
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8, learning_rate=1e-2,
                              warmup_steps=3, save_strategy="no", logging_steps=10, disable_tqdm=True, seed=0)
     trainer = sft_trainer(tiny(tokenizer), tokenizer, world[0], args, eval_data=world[1], max_length=128)
     before = trainer.evaluate()["eval_loss"]
