@@ -1,4 +1,4 @@
-"""λ-mixed low-rank adapters: conditioning on λ in parameter space (``conditioning: lora``; docs/method.md).
+"""λ-mixed low-rank adapters: conditioning on λ in parameter space (``conditioning: lora``; docs/spec.md §1).
 
 Every adapted linear layer ``W`` (all linear layers of the decoder by default; never the output head) gets one
 low-rank delta per preference dimension, mixed by the λ of the sequence it is processing::
