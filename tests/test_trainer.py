@@ -77,7 +77,7 @@ def count_sequences(module):
 def test_each_response_forwarded_once_per_step_and_reference_not_called(tmp_path, tokenizer):
     data = load_listwise(str(write_records(tmp_path / "d.jsonl", n=4, k=4)))
     policy, reference = tiny_llama(len(tokenizer), seed=0), tiny_llama(len(tokenizer), seed=1)
-    args = config(tmp_path, max_steps=2, per_device_train_batch_size=2)
+    args = config(tmp_path, max_steps=2, per_device_train_batch_size=2, prefix_sharing="false")
     trainer = LambdaDPOTrainer(
         policy, args, train_dataset=data, processing_class=tokenizer, ref_model=reference
     )
@@ -85,7 +85,7 @@ def test_each_response_forwarded_once_per_step_and_reference_not_called(tmp_path
     policy_seen = count_sequences(policy.get_input_embeddings())
     reference_seen = count_sequences(reference.get_input_embeddings())
     trainer.train()
-    # m = 4 dimensions, B = 2 prompts × k = 4 responses: 8 sequences, once, per step; the leading 1 is
+    # (the unshared path) m = 4 dimensions, B = 2 prompts × k = 4 responses: 8 sequences, once, per step; the leading 1 is
     # logprobs' one-time check (one sequence, no grad) that its backbone/head split reproduces the model's logits
     assert policy_seen == [1, 8, 8]
     assert reference_seen == []

@@ -131,22 +131,50 @@ def sequence_logps(
     _check_masks(input_ids, attention_mask, response_mask)
     # Token t is predicted at position t-1: rows/cols index the *predicting* positions.
     rows, cols = response_mask[:, 1:].nonzero(as_tuple=True)
-    labels = input_ids[rows, cols + 1]
-    num_tokens = response_mask.sum(dim=1)
+    return predicted_logps(model, input_ids, attention_mask, rows, cols, input_ids[rows, cols + 1], rows,
+                           response_mask.sum(dim=1), reduction=reduction, chunk_size=chunk_size,
+                           checkpoint=checkpoint)
 
+
+def predicted_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    labels: torch.Tensor,
+    sequence: torch.Tensor,
+    num_tokens: torch.Tensor,
+    *,
+    position_ids: torch.Tensor | None = None,
+    padding_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = 128,
+    checkpoint: bool = True,
+) -> SequenceLogps:
+    """The engine under :func:`sequence_logps` and prefix sharing (:mod:`lambda_dpo.prefix_sharing`): one forward of
+    ``input_ids [N', T]``, then log p(``labels[j]``) read from position ``(rows[j], cols[j])`` (the one that
+    predicts it) and summed into sequence ``sequence[j]`` of ``num_tokens.shape[0]``; ``mean`` divides by
+    ``num_tokens``. ``attention_mask`` is ``[N', T]``, or a 4-D ``[N', 1, T, T]`` mask together with
+    ``padding_mask [N', T]`` (1 = real token); ``position_ids`` optional.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean' (logprob_reduction), got {reduction!r}")
     parts = _split(model)
-    if parts is not None and _split_verified(model, parts, input_ids, attention_mask):
+    real = attention_mask if padding_mask is None else padding_mask  # the split check runs with a [N', T] mask
+    if parts is not None and _split_verified(model, parts, input_ids, real):
         _, backbone, head, transform = parts
         # No logits from the model itself: an empty index keeps zero positions.
         keep_none = torch.zeros(0, dtype=torch.long, device=input_ids.device)
-        hidden, _ = _forward_capturing_hidden(model, backbone, input_ids, attention_mask, keep_none)
+        hidden, _ = _forward_capturing_hidden(model, backbone, input_ids, attention_mask, keep_none, position_ids)
         token_fn = partial(_token_logps, head=head, transform=transform)
         token_logps = _chunked(token_fn, hidden[rows, cols], labels, chunk_size, checkpoint)
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
         token_fn = partial(_token_logps, head=None, transform=None)
         token_logps = _chunked(token_fn, logits[rows, cols], labels, chunk_size, checkpoint)
-    return _reduce(token_logps, rows, num_tokens, reduction)
+    return _reduce(token_logps, sequence, num_tokens, reduction)
 
 
 def _check_masks(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> None:
@@ -172,7 +200,7 @@ def _check_masks(input_ids: torch.Tensor, attention_mask: torch.Tensor, response
         )
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside DDP / DeepSpeed / FSDP / torch.compile / PeftModel wrappers."""
     from accelerate.utils import extract_model_from_parallel
 
@@ -189,7 +217,7 @@ def _split(model: torch.nn.Module):
     config: Cohere's ``logit_scale`` (multiply), Granite's ``logits_scaling`` (divide), Gemma's
     ``final_logit_softcapping`` (``c · tanh(z / c)``), in the order those models apply them.
     """
-    hf_model = _unwrap(model)
+    hf_model = unwrap_model(model)
     get_head = getattr(hf_model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     backbone = getattr(hf_model, "base_model", hf_model)
@@ -218,7 +246,7 @@ def _final_logit_transform(logits: torch.Tensor, *, scale, divisor, softcap) -> 
     return logits
 
 
-def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep):
+def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep, position_ids=None):
     """Run the top-level model; return the backbone's final hidden states ``[N, T, H]`` and the model's logits."""
     captured = []
 
@@ -227,9 +255,9 @@ def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits
 
     handle = backbone.register_forward_hook(keep_hidden)
     try:
-        outputs = model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=logits_to_keep
-        )
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                        logits_to_keep=logits_to_keep, **extra)
     finally:
         handle.remove()
     hidden = captured[-1]
@@ -319,4 +347,4 @@ def _reduce(token_logps: torch.Tensor, rows: torch.Tensor, num_tokens: torch.Ten
     return SequenceLogps(logps=logps, num_tokens=num_tokens)
 
 
-__all__ = ["SequenceLogps", "build_sequences", "sequence_logps"]
+__all__ = ["SequenceLogps", "build_sequences", "predicted_logps", "sequence_logps", "unwrap_model"]

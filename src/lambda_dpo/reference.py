@@ -85,6 +85,7 @@ def compute_reference_logps(
     show_progress: bool = True,
     shard_index: int = 0,
     num_shards: int = 1,
+    prefix_sharing: str = "false",
 ) -> list[list[float]]:
     """ℓ_ref of every response of every row (of this shard): ``result[i][j]`` for row i, response j.
 
@@ -98,30 +99,23 @@ def compute_reference_logps(
             model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=pad_token_id,
             reduction=reduction, batch_size=batch_size, chunk_size=chunk_size, adapter_disabled=adapter_disabled,
             show_progress=show_progress, shard_index=shard_index, num_shards=num_shards,
+            prefix_sharing=prefix_sharing,
         )[0]
     shard = _shard(dataset, shard_index, num_shards)
     prompt_lengths, response_lengths = _token_lengths(shard)
-    # One entry per (row, response), longest first: the biggest batch runs first, so memory trouble shows at once.
-    sequences = [(row, j) for row, lengths in enumerate(response_lengths) for j in range(len(lengths))]
-    sequences.sort(key=lambda s: -(prompt_lengths[s[0]] + response_lengths[s[0]][s[1]]))
     result = [[math.nan] * len(lengths) for lengths in response_lengths]
     device = _device_of(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _adapters_disabled(model, adapter_disabled):
-            progress = tqdm(total=len(sequences), desc="reference log-probs", unit="seq", disable=not show_progress)
-            for start in range(0, len(sequences), batch_size):
-                batch = sequences[start : start + batch_size]
+            progress = tqdm(total=sum(map(len, response_lengths)), desc="reference log-probs", unit="seq",
+                            disable=not show_progress)
+            for batch in _batches(prompt_lengths, response_lengths, batch_size, shared=prefix_sharing != "false"):
                 needed = sorted({row for row, _ in batch})
                 rows = dict(zip(needed, _rows(shard, needed)))
-                tensors = build_sequences(
-                    [rows[row][PROMPT_COLUMN] for row, _ in batch],
-                    [rows[row][RESPONSES_COLUMN][j] for row, j in batch],
-                    pad_token_id,
-                )
-                tensors = {name: t.to(device) for name, t in tensors.items()}
-                logps = sequence_logps(model, **tensors, reduction=reduction, chunk_size=chunk_size).logps
+                logps = _batch_logps(model, rows, batch, pad_token_id, reduction, chunk_size, prefix_sharing,
+                                     device)
                 for (row, j), value in zip(batch, logps.tolist()):
                     result[row][j] = value
                 progress.update(len(batch))
@@ -146,6 +140,7 @@ def load_or_compute_reference_logps(
     show_progress: bool = True,
     shard_index: int = 0,
     num_shards: int = 1,
+    prefix_sharing: str = "false",
 ) -> tuple[list[list[float]], bool]:
     """``(reference log-probs, cache_hit)``: read the cache file if it is valid, else compute and write it.
 
@@ -169,7 +164,7 @@ def load_or_compute_reference_logps(
     logps = compute_reference_logps(
         model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
         chunk_size=chunk_size, adapter_disabled=adapter_disabled, show_progress=show_progress,
-        shard_index=shard_index, num_shards=num_shards,
+        shard_index=shard_index, num_shards=num_shards, prefix_sharing=prefix_sharing,
     )
     _write_cache(path, key, logps)
     return logps, False
@@ -187,6 +182,7 @@ def gather_reference_logps(
     chunk_size: int | None = 128,
     adapter_disabled: bool = False,
     show_progress: bool = True,
+    prefix_sharing: str = "false",
 ) -> tuple[list[list[float]], bool]:
     """``(reference log-probs of every row, in dataset order, cache_hit)``, computed by all processes together.
 
@@ -222,7 +218,7 @@ def gather_reference_logps(
         model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
         chunk_size=chunk_size, adapter_disabled=adapter_disabled,
         show_progress=show_progress and state.is_main_process,
-        shard_index=state.process_index, num_shards=state.num_processes,
+        shard_index=state.process_index, num_shards=state.num_processes, prefix_sharing=prefix_sharing,
     )
     shards = gather_object([shard])  # [shard of process 0, shard of process 1, …] on every process
     # Row i was computed by process i mod n, as its (i // n)-th row.
@@ -231,6 +227,48 @@ def gather_reference_logps(
         _write_cache(path, key, logps)
     state.wait_for_everyone()
     return logps, False
+
+
+def _batches(prompt_lengths: list[int], response_lengths: list[list[int]], batch_size: int,
+             shared: bool) -> Iterator[list[tuple[int, int]]]:
+    """Batches of ``(row, response)`` pairs, longest first (the biggest batch runs first, so memory trouble shows at
+    once). Plain: sequences sorted by length, ``batch_size`` per batch. ``shared``: whole rows (every response of a
+    prompt together, for prefix sharing) sorted by row length, as many as fit ``batch_size`` sequences (≥ 1 row)."""
+    if not shared:
+        sequences = [(row, j) for row, lengths in enumerate(response_lengths) for j in range(len(lengths))]
+        sequences.sort(key=lambda s: -(prompt_lengths[s[0]] + response_lengths[s[0]][s[1]]))
+        for start in range(0, len(sequences), batch_size):
+            yield sequences[start:start + batch_size]
+        return
+    order = sorted(range(len(prompt_lengths)), key=lambda r: -(prompt_lengths[r] + sum(response_lengths[r])))
+    batch: list[tuple[int, int]] = []
+    for row in order:
+        pairs = [(row, j) for j in range(len(response_lengths[row]))]
+        if batch and len(batch) + len(pairs) > batch_size:
+            yield batch
+            batch = []
+        batch += pairs
+    if batch:
+        yield batch
+
+
+def _batch_logps(model, rows: dict[int, dict], batch: list[tuple[int, int]], pad_token_id: int, reduction: str,
+                 chunk_size: int | None, prefix_sharing: str, device) -> torch.Tensor:
+    """ℓ_ref of the pairs of one batch (in its order): shared prompts where ``prefix_sharing`` chooses them."""
+    from lambda_dpo.prefix_sharing import saves_tokens, shared_prefix_logps, sharing_works
+
+    prompts = [rows[row][PROMPT_COLUMN] for row, _ in batch]
+    responses = [rows[row][RESPONSES_COLUMN][j] for row, j in batch]
+    if prefix_sharing != "false":
+        order = list(dict.fromkeys(row for row, _ in batch))  # whole rows, in batch order (see _batches)
+        shared_prompts = [rows[row][PROMPT_COLUMN] for row in order]
+        shared_responses = [rows[row][RESPONSES_COLUMN] for row in order]
+        wanted = prefix_sharing == "true" or saves_tokens(shared_prompts, shared_responses)
+        if wanted and sharing_works(model, shared_prompts, shared_responses, pad_token_id, reduction):
+            return shared_prefix_logps(model, shared_prompts, shared_responses, pad_token_id, reduction=reduction,
+                                       chunk_size=chunk_size, device=device).logps
+    tensors = {name: t.to(device) for name, t in build_sequences(prompts, responses, pad_token_id).items()}
+    return sequence_logps(model, **tensors, reduction=reduction, chunk_size=chunk_size).logps
 
 
 def sequence_lengths(dataset) -> list[list[int]]:

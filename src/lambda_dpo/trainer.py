@@ -48,6 +48,12 @@ from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
 from lambda_dpo.model_dir import METADATA_FILE, load_pretrained
+from lambda_dpo.prefix_sharing import (
+    saves_tokens,
+    shared_and_plain_tokens,
+    shared_prefix_logps,
+    sharing_works,
+)
 from lambda_dpo.reliance import target_cross_entropy
 from lambda_dpo.targets import mix_targets, target_probs_from_scores
 
@@ -56,6 +62,7 @@ logger = logging.getLogger(__name__)
 SCHEDULE_STATE_FILE = "lambda_schedule_rank{rank}.pt"
 
 CHOICES = {
+    "prefix_sharing": ("auto", "true", "false"),
     "loss": tuple(LOSSES),
     "lambda_schedule": ("fixed", "unimodal", "uniform", "dirichlet", "gaussian", "learned"),
     "logprob_reduction": ("mean", "sum"),
@@ -159,6 +166,14 @@ class LambdaDPOConfig(TrainingArguments):
     )
     logprob_chunk_size: int = field(
         default=128, metadata={"help": "Positions per lm_head chunk when computing log-probs (memory vs speed)."}
+    )
+    prefix_sharing: str = field(
+        default="auto",
+        metadata={"help": "Forward each prompt once for all k of its responses (one row [prompt, r_1, …, r_k], a 4-D "
+                          "mask; same log-probs). auto: where a batch's rows hold at most 80% of the unshared "
+                          "tokens and the model's attention takes the mask (checked once); true: always (an error "
+                          "where it cannot); false: never.",
+                  "choices": ["auto", "true", "false"]},
     )
     max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
     max_prompt_length: int | None = field(
@@ -325,6 +340,7 @@ class LambdaDPOTrainer(Trainer):
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_counts: dict[str, float] = defaultdict(float)
         self._tokens_since_log = 0
+        self._logged_prefix_sharing = False
         self._time_of_last_log = time.perf_counter()
 
         if args.reference != "none":
@@ -431,7 +447,7 @@ class LambdaDPOTrainer(Trainer):
                 ref_model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=tokenizer.pad_token_id,
                 reduction=args.logprob_reduction, batch_size=args.per_device_eval_batch_size,
                 chunk_size=args.logprob_chunk_size, adapter_disabled=adapter_disabled,
-                show_progress=not args.disable_tqdm,
+                show_progress=not args.disable_tqdm, prefix_sharing=args.prefix_sharing,
             )
             if "reference_logps" in dataset.column_names:
                 dataset = dataset.remove_columns("reference_logps")
@@ -454,20 +470,33 @@ class LambdaDPOTrainer(Trainer):
 
     def _listwise_logps(self, model, prompts: list[list[int]], responses: list[list[list[int]]],
                         response_mask: torch.Tensor, grad: bool,
-                        lambdas: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
-        """Forward B × k sequences once; returns log-probs ``[B, k_max]`` (0 at padding), the number of real
-        tokens and the number of positions (real + padding) of the padded ``[N, T]`` batch. ``lambdas [B, m]``
-        drive the λ-adapters of a ``conditioning: lora`` policy (each response under its prompt's λ)."""
+                        lambdas: torch.Tensor | None = None) -> tuple[torch.Tensor, int, tuple[int, int]]:
+        """Log-probs ``[B, k_max]`` (0 at padding) of the B × k responses, in one forward: B rows with shared prompts
+        (:mod:`lambda_dpo.prefix_sharing`) or B·k sequences; also the tokens the data holds (each response with its
+        prompt) and ``(real tokens, positions)`` actually forwarded (positions = real + padding). ``lambdas [B, m]`` drive the λ-adapters of
+        a ``conditioning: lora`` policy (each response under its prompt's λ)."""
+        pad = self.processing_class.pad_token_id
+        device = response_mask.device
+        # Tokens the data holds (every response with its own prompt): what tokens/s counts, shared or not.
+        num_tokens = sum(len(p) * len(rs) + sum(map(len, rs)) for p, rs in zip(prompts, responses))
+        if self._prefix_sharing(model, prompts, responses, lambdas):
+            if lambdas is not None:  # one row per prompt: each row under its prompt's λ
+                set_lambdas(model, lambdas)
+            with torch.set_grad_enabled(grad):
+                flat = shared_prefix_logps(model, prompts, responses, pad, reduction=self.args.logprob_reduction,
+                                           chunk_size=self.args.logprob_chunk_size, checkpoint=grad,
+                                           device=device).logps
+            rows = [len(p) + sum(map(len, rs)) for p, rs in zip(prompts, responses)]
+            logps = torch.zeros(response_mask.shape, dtype=flat.dtype, device=device)
+            return logps.masked_scatter(response_mask, flat), num_tokens, (sum(rows), len(rows) * max(rows))
         if lambdas is not None:
             counts = torch.tensor([len(rs) for rs in responses], device=lambdas.device)
             # Left set after the forward: a gradient-checkpointed backward recomputes it under the same λ.
             set_lambdas(model, lambdas.repeat_interleave(counts, dim=0))
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
         flat_responses = [r for rs in responses for r in rs]
-        seq = build_sequences(flat_prompts, flat_responses, self.processing_class.pad_token_id)
-        num_tokens = int(seq["attention_mask"].sum())  # on the host copy: no device sync
-        num_positions = seq["attention_mask"].numel()
-        device = response_mask.device
+        seq = build_sequences(flat_prompts, flat_responses, pad)
+        forwarded = (num_tokens, seq["attention_mask"].numel())
         seq = {k: v.to(device) for k, v in seq.items()}
         with torch.set_grad_enabled(grad):
             flat = sequence_logps(model, seq["input_ids"], seq["attention_mask"], seq["response_mask"],
@@ -475,7 +504,24 @@ class LambdaDPOTrainer(Trainer):
                                   checkpoint=grad).logps
         logps = torch.zeros(response_mask.shape, dtype=flat.dtype, device=device)
         logps = logps.masked_scatter(response_mask, flat)
-        return logps, num_tokens, num_positions
+        return logps, num_tokens, forwarded
+
+    def _prefix_sharing(self, model, prompts, responses, lambdas) -> bool:
+        """Whether this batch forwards shared prompts (``prefix_sharing``; the choice is logged once)."""
+        setting = self.args.prefix_sharing
+        if setting == "false" or (setting == "auto" and not saves_tokens(prompts, responses)):
+            return False
+        works = sharing_works(model, prompts, responses, self.processing_class.pad_token_id,
+                              self.args.logprob_reduction, lambdas)
+        if setting == "true" and not works:
+            raise ValueError("prefix_sharing=true, but this model's shared forward does not reproduce its plain one "
+                             "(see the warning above); set prefix_sharing: auto or false")
+        if works and not self._logged_prefix_sharing:
+            self._logged_prefix_sharing = True
+            shared, plain = shared_and_plain_tokens(prompts, responses)
+            logger.info("prefix sharing on (prefix_sharing=%s): each prompt is forwarded once for its responses; "
+                        "the first batch forwards %d tokens instead of %d", setting, shared, plain)
+        return works
 
     def _reference_logps(self, inputs, response_mask) -> torch.Tensor:
         if self.args.reference == "none":
@@ -507,7 +553,7 @@ class LambdaDPOTrainer(Trainer):
         response_mask = inputs["response_mask"]
         lambdas = lambdas.to(response_mask.device)
         adapter_lambdas = lambdas if self.args.condition_on_lambda and self.args.conditioning == "lora" else None
-        policy, num_tokens, num_positions = self._listwise_logps(
+        policy, num_tokens, (real, positions) = self._listwise_logps(
             model, self._policy_prompts(inputs, lambdas), inputs["response_input_ids"], response_mask, grad,
             adapter_lambdas)
         reference = self._reference_logps(inputs, response_mask)
@@ -538,7 +584,7 @@ class LambdaDPOTrainer(Trainer):
         m = len(self.dimensions)
         table = [values[i * m:(i + 1) * m] for i in range(len(rows) + 1)]
         # (mean, count) pairs, plus plain counts: `tokens` (real tokens) and `prompts` (prompts with signal).
-        stats = {"kl_proxy": (values[-2], 1), "pad_fraction": (1 - num_tokens / num_positions, num_positions),
+        stats = {"kl_proxy": (values[-2], 1), "pad_fraction": (1 - real / positions, positions),
                  "tokens": num_tokens, "prompts": int(values[-1]), "policy_logps": policy.detach()}
         for d, name in enumerate(self.dimensions):
             stats[f"loss/{name}"] = (table[0][d], table[1][d])
