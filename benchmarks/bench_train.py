@@ -266,9 +266,10 @@ def write_records(path: Path, tokenizer, spec: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def lambda_trainer(spec: dict, tokenizer, data, workdir: Path, precompute: bool, conditioning: str = "text"):
+def lambda_trainer(spec: dict, tokenizer, data, workdir: Path, precompute: bool, conditioning: str = "text",
+                   prefix_sharing: str = "auto"):
     """LambdaDPOTrainer for variant (a) (``precompute``), (b) or (l) (``conditioning="lora"``), with a fresh policy
-    (seed 0) and reference."""
+    (seed 0) and reference; ``prefix_sharing`` as the config field (benchmarks/bench_prefix.py sets it)."""
     from lambda_dpo.trainer import LambdaDPOConfig, LambdaDPOTrainer
 
     lora = spec["lora"]
@@ -279,7 +280,7 @@ def lambda_trainer(spec: dict, tokenizer, data, workdir: Path, precompute: bool,
         max_length=spec["max_length"], max_prompt_length=spec["prompt_tokens"], lambda_schedule="uniform",
         precompute_reference=precompute, reference="adapter-disabled" if lora else "model", use_lora=lora,
         use_cpu=spec["device"] == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, seed=0, conditioning=conditioning,
+        disable_tqdm=True, seed=0, conditioning=conditioning, prefix_sharing=prefix_sharing,
     )
     policy = build_model(spec["size"], 0, spec["dtype"], spec["device"], lora)
     reference = None if lora else build_model(spec["size"], 1, spec["dtype"], spec["device"], False)

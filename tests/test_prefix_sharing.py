@@ -13,9 +13,9 @@ from lambda_dpo.data import load_listwise
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.prefix_sharing import (
     build_shared_rows,
-    saves_tokens,
     shared_attention_mask,
     shared_prefix_logps,
+    sharing_pays,
     sharing_works,
 )
 from lambda_dpo.trainer import LambdaDPOTrainer
@@ -83,7 +83,7 @@ def test_rows_masks_and_positions():
     assert mask[4] == [1, 1, 1, 1, 1, 0]
     padded = shared_attention_mask(build_shared_rows([[1], [2, 3]], [[[4]], [[5], [6]]], 0)["segments"])
     assert padded[0, 0].diagonal().all()  # padding attends itself: no all-masked (NaN) row
-    assert saves_tokens([[1] * 100], [[[2] * 10] * 4]) and not saves_tokens([[1]], [[[2] * 50] * 4])
+    assert sharing_pays(None, [[1] * 100], [[[2] * 10] * 4]) and not sharing_pays(None, [[1]], [[[2] * 50] * 4])
 
 
 def test_a_model_whose_attention_takes_no_dense_mask_falls_back_with_a_warning(caplog):

@@ -143,7 +143,7 @@ def shared_prefix_logps(
                            reduction=reduction, chunk_size=chunk_size, checkpoint=checkpoint)
 
 
-AUTO_MAX_SHARE = 0.8  # auto shares a batch whose rows hold at most this share of the unshared padded positions
+AUTO_MAX_COST = 0.85  # auto shares a batch whose estimated cost is at most this share of the plain layout's
 
 
 def shared_and_plain_tokens(prompt_ids, response_ids) -> tuple[int, int]:
@@ -154,13 +154,30 @@ def shared_and_plain_tokens(prompt_ids, response_ids) -> tuple[int, int]:
     return len(rows) * max(rows, default=0), len(sequences) * max(sequences, default=0)
 
 
-def saves_tokens(prompt_ids, response_ids, max_share: float = AUTO_MAX_SHARE) -> bool:
-    """Whether sharing forwards at most ``max_share`` of the plain path's positions (``prefix_sharing: auto``).
+def estimated_cost_ratio(model: torch.nn.Module | None, prompt_ids, response_ids) -> float:
+    """Estimated forward+backward cost of the shared layout over the plain one, for this batch.
 
-    Token count is the measure because the step's cost is mostly per token (every linear layer); attention over a
-    shared row of length L costs L² against k·(P + r)², which this ignores (benchmarks/bench_prefix.py)."""
-    shared, plain = shared_and_plain_tokens(prompt_ids, response_ids)
-    return shared <= max_share * plain
+    Per layer, a position costs ≈ 2·(4h² + 3h·f) FLOPs in its linear layers and each (query, key) pair of the
+    dense attention ≈ 4h (scores and the weighted sum; with a 4-D mask the attention computes every pair of a row).
+    Sharing saves linear work on the repeated prompts but a shared row of length L = P + Σ r attends L² pairs
+    against k·(P + r)²; with small models and many long responses that loses (benchmarks/bench_prefix.py: 0.8× at
+    k = 8 on a 7M model, 2× on QA-Feedback's long passages). The output head costs the same in both layouts."""
+    config = getattr(unwrap_model(model), "config", None) if model is not None else None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 1024
+    ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    pair_cost = 4 * hidden / (2 * (4 * hidden**2 + 3 * hidden * ffn))  # one attention pair, in position units
+    rows = [len(p) + sum(map(len, rs)) for p, rs in zip(prompt_ids, response_ids)]
+    sequences = [len(p) + len(r) for p, rs in zip(prompt_ids, response_ids) for r in rs]
+    width, length = max(rows, default=0), max(sequences, default=0)
+    shared = len(rows) * (width + pair_cost * width**2)
+    plain = len(sequences) * (length + pair_cost * length**2)
+    return shared / max(plain, 1e-9)
+
+
+def sharing_pays(model: torch.nn.Module | None, prompt_ids, response_ids, max_cost: float = AUTO_MAX_COST) -> bool:
+    """Whether ``prefix_sharing: auto`` shares this batch (:func:`estimated_cost_ratio` ≤ ``max_cost``)."""
+    return estimated_cost_ratio(model, prompt_ids, response_ids) <= max_cost
 
 
 def sharing_works(model: torch.nn.Module, prompt_ids, response_ids, pad_token_id: int, reduction: str,

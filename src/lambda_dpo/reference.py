@@ -255,7 +255,7 @@ def _batches(prompt_lengths: list[int], response_lengths: list[list[int]], batch
 def _batch_logps(model, rows: dict[int, dict], batch: list[tuple[int, int]], pad_token_id: int, reduction: str,
                  chunk_size: int | None, prefix_sharing: str, device) -> torch.Tensor:
     """ℓ_ref of the pairs of one batch (in its order): shared prompts where ``prefix_sharing`` chooses them."""
-    from lambda_dpo.prefix_sharing import saves_tokens, shared_prefix_logps, sharing_works
+    from lambda_dpo.prefix_sharing import shared_prefix_logps, sharing_pays, sharing_works
 
     prompts = [rows[row][PROMPT_COLUMN] for row, _ in batch]
     responses = [rows[row][RESPONSES_COLUMN][j] for row, j in batch]
@@ -263,7 +263,7 @@ def _batch_logps(model, rows: dict[int, dict], batch: list[tuple[int, int]], pad
         order = list(dict.fromkeys(row for row, _ in batch))  # whole rows, in batch order (see _batches)
         shared_prompts = [rows[row][PROMPT_COLUMN] for row in order]
         shared_responses = [rows[row][RESPONSES_COLUMN] for row in order]
-        wanted = prefix_sharing == "true" or saves_tokens(shared_prompts, shared_responses)
+        wanted = prefix_sharing == "true" or sharing_pays(model, shared_prompts, shared_responses)
         if wanted and sharing_works(model, shared_prompts, shared_responses, pad_token_id, reduction):
             return shared_prefix_logps(model, shared_prompts, shared_responses, pad_token_id, reduction=reduction,
                                        chunk_size=chunk_size, device=device).logps

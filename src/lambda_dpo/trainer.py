@@ -49,9 +49,9 @@ from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
 from lambda_dpo.model_dir import METADATA_FILE, load_pretrained
 from lambda_dpo.prefix_sharing import (
-    saves_tokens,
     shared_and_plain_tokens,
     shared_prefix_logps,
+    sharing_pays,
     sharing_works,
 )
 from lambda_dpo.reliance import target_cross_entropy
@@ -170,9 +170,9 @@ class LambdaDPOConfig(TrainingArguments):
     prefix_sharing: str = field(
         default="auto",
         metadata={"help": "Forward each prompt once for all k of its responses (one row [prompt, r_1, …, r_k], a 4-D "
-                          "mask; same log-probs). auto: where a batch's rows hold at most 80% of the unshared "
-                          "tokens and the model's attention takes the mask (checked once); true: always (an error "
-                          "where it cannot); false: never.",
+                          "mask; same log-probs). auto: for a batch whose estimated cost (linear layers per position, "
+                          "attention per pair) is at most 85% of the plain layout's, where the model's attention "
+                          "takes the mask (checked once); true: always (an error where it cannot); false: never.",
                   "choices": ["auto", "true", "false"]},
     )
     max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
@@ -509,7 +509,7 @@ class LambdaDPOTrainer(Trainer):
     def _prefix_sharing(self, model, prompts, responses, lambdas) -> bool:
         """Whether this batch forwards shared prompts (``prefix_sharing``; the choice is logged once)."""
         setting = self.args.prefix_sharing
-        if setting == "false" or (setting == "auto" and not saves_tokens(prompts, responses)):
+        if setting == "false" or (setting == "auto" and not sharing_pays(model, prompts, responses)):
             return False
         works = sharing_works(model, prompts, responses, self.processing_class.pad_token_id,
                               self.args.logprob_reduction, lambdas)
