@@ -86,7 +86,10 @@ def test_rows_masks_and_positions():
     assert sharing_pays(None, [[1] * 100], [[[2] * 10] * 4]) and not sharing_pays(None, [[1]], [[[2] * 50] * 4])
 
 
-def test_a_model_whose_attention_takes_no_dense_mask_falls_back_with_a_warning(caplog):
+def test_a_model_whose_attention_takes_no_dense_mask_falls_back_with_a_warning(caplog, monkeypatch):
+    import lambda_dpo.prefix_sharing
+
+    monkeypatch.setattr(lambda_dpo.prefix_sharing, "_WARNED", set())  # warned once per class and process
     model = tiny_llama(100).eval()
     model.config._attn_implementation = "flash_attention_2"
     assert not sharing_works(model, *_batch(), 0, "mean")

@@ -44,7 +44,7 @@ from lambda_dpo.lambda_adapters import (
     set_lambdas,
 )
 from lambda_dpo.lambda_adapters import ATTRIBUTE as ADAPTER_ATTRIBUTE
-from lambda_dpo.lambdas import make_schedule
+from lambda_dpo.lambdas import SCHEDULES, make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
 from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
 from lambda_dpo.model_dir import METADATA_FILE, load_pretrained
@@ -64,7 +64,7 @@ SCHEDULE_STATE_FILE = "lambda_schedule_rank{rank}.pt"
 CHOICES = {
     "prefix_sharing": ("auto", "true", "false"),
     "loss": tuple(LOSSES),
-    "lambda_schedule": ("fixed", "unimodal", "uniform", "dirichlet", "gaussian", "learned"),
+    "lambda_schedule": tuple(SCHEDULES),
     "logprob_reduction": ("mean", "sum"),
     "reference": ("model", "adapter-disabled", "none"),
     "lambda_sampling": ("prompt", "batch"),
@@ -415,7 +415,6 @@ class LambdaDPOTrainer(Trainer):
                 "max_prompt_length": args.max_prompt_length}
 
     def _attach_reference(self, model, ref_model, tokenizer, args, train_dataset, eval_dataset):
-
         from lambda_dpo.reference import gather_reference_logps, reference_fingerprint
 
         adapter_disabled = args.reference == "adapter-disabled"
@@ -465,7 +464,8 @@ class LambdaDPOTrainer(Trainer):
         return [
             conditioned_prompt_ids(self.processing_class, messages, system, lam, self.dimensions,
                                    args.conditioning_template, args.max_prompt_length)
-            for messages, system, lam in zip(inputs["prompt"], inputs["system"], lambdas)
+            # one device-to-host copy for the whole batch, not one per row
+            for messages, system, lam in zip(inputs["prompt"], inputs["system"], lambdas.tolist())
         ]
 
     def _listwise_logps(self, model, prompts: list[list[int]], responses: list[list[list[int]]],
@@ -473,8 +473,9 @@ class LambdaDPOTrainer(Trainer):
                         lambdas: torch.Tensor | None = None) -> tuple[torch.Tensor, int, tuple[int, int]]:
         """Log-probs ``[B, k_max]`` (0 at padding) of the B × k responses, in one forward: B rows with shared prompts
         (:mod:`lambda_dpo.prefix_sharing`) or B·k sequences; also the tokens the data holds (each response with its
-        prompt) and ``(real tokens, positions)`` actually forwarded (positions = real + padding). ``lambdas [B, m]`` drive the λ-adapters of
-        a ``conditioning: lora`` policy (each response under its prompt's λ)."""
+        prompt) and ``(real tokens, positions)`` actually forwarded (positions = real + padding).
+        ``lambdas [B, m]`` drive the λ-adapters of a ``conditioning: lora`` policy (each response under its
+        prompt's λ)."""
         pad = self.processing_class.pad_token_id
         device = response_mask.device
         # Tokens the data holds (every response with its own prompt): what tokens/s counts, shared or not.
