@@ -70,6 +70,10 @@ def test_a_folder_that_is_not_a_lambda_dpo_model_is_refused(tmp_path, capsys):
     assert err.startswith("lambda-dpo playground: ") and "has no lambda_dpo.json" in err and "\n" not in err
     assert main(["playground", "--model", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "lambda_dpo.json").write_text('{"dimensions": ["a", "b"]}')  # a model dir without its tokenizer
+    assert main(["playground", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lambda-dpo playground: cannot load --model") and "has no tokenizer" in err, err
 
 
 def _free_port() -> int:

@@ -295,7 +295,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from lambda_dpo.generation import load_model
 
-    model, tokenizer, metadata = load_model(args.model, device=args.device, dtype=args.dtype)
+    try:
+        model, tokenizer, metadata = load_model(args.model, device=args.device, dtype=args.dtype)
+    except (OSError, ValueError) as e:  # no tokenizer, unreadable weights, a bad lambda_dpo.json
+        print(f"lambda-dpo playground: cannot load --model {args.model}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     app = build_app(model, tokenizer, metadata, args.model)
     theme = gr.themes.Soft(primary_hue="indigo")
     print(f"lambda-dpo playground: serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)",
