@@ -1,4 +1,5 @@
-"""Model directories: loading a tokenizer and a causal LM by a setting's value, with one-line errors.
+"""Model directories: loading a tokenizer and a causal LM by a setting's value, with one-line errors, and the
+`lambda_dpo.json` file that makes a directory a λ-DPO model.
 
 A user's model path is either a local folder or a Hugging Face Hub name. transformers answers a missing folder
 with a chain of hub errors (``HFValidationError``) and a folder without a tokenizer with a message about
@@ -8,7 +9,9 @@ sentencepiece; :func:`load_pretrained` says instead which of the two it is and h
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 METADATA_FILE = "lambda_dpo.json"  # the λ-DPO facts of a trained model dir (dimensions, template, …)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -70,6 +73,31 @@ def load_pretrained(path: str, *, setting: str = "model_name_or_path", dtype=Non
         hint = " (the hub needs a network; give a local folder offline)" if where == "hub model" else ""
         raise ModelLoadError(f"{setting}={path!r}: cannot load the {where}{hint}: {_first_line(e)}") from None
     return loaded_tokenizer, model
+
+
+def write_metadata(output_dir: str, dimensions: list[str], args, model=None) -> dict[str, Any]:
+    """Write `lambda_dpo.json`: what generation needs to condition on λ exactly as training did (the mechanism,
+    the dimensions in order, the template or the λ-adapters' shape), plus the settings (``args``: a
+    `LambdaDPOConfig`). Written atomically (a temporary file, then ``os.replace``)."""
+    from lambda_dpo.lambda_adapters import get_adapters
+
+    adapters = get_adapters(model) if model is not None else None
+    metadata = {
+        "format_version": 1,
+        "dimensions": list(dimensions),
+        "conditioning": "lora" if adapters is not None else "text",
+        "conditioning_template": args.conditioning_template,
+        "condition_on_lambda": args.condition_on_lambda,
+        "training": json.loads(json.dumps(args.lambda_dpo_settings(), default=str)),
+    }
+    if adapters is not None:
+        metadata["lambda_adapters"] = adapters.config()
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = os.path.join(output_dir, f".{METADATA_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(metadata, f, indent=2)
+    os.replace(tmp, os.path.join(output_dir, METADATA_FILE))
+    return metadata
 
 
 def _first_line(error: BaseException) -> str:

@@ -20,8 +20,8 @@ logger = logging.getLogger("lambda_dpo")
 
 def parse_config(config_path: str | None, overrides: list[str]):
     """A `LambdaDPOConfig` from a YAML file plus command-line overrides (overrides win)."""
+    from lambda_dpo.config import LambdaDPOConfig
     from lambda_dpo.config_io import parse_yaml_config
-    from lambda_dpo.trainer import LambdaDPOConfig
 
     (config,) = parse_yaml_config("train", (LambdaDPOConfig,), config_path, overrides)
     return config
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.help_fields:
         from transformers import HfArgumentParser
 
-        from lambda_dpo.trainer import LambdaDPOConfig
+        from lambda_dpo.config import LambdaDPOConfig
 
         HfArgumentParser(LambdaDPOConfig).print_help()
         return 0
