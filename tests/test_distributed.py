@@ -124,6 +124,26 @@ def test_ranks_agree_on_every_step_and_on_the_weights(torchrun):
 
 
 @pytest.mark.slow
+def test_prefix_sharing_under_ddp_gives_the_same_run(torchrun, model_dir, eval_file, tmp_path):
+    """The same 2-process run with each prompt forwarded once (prefix_sharing: true, in the step and the reference
+    pass): the ranks still agree, and every logged number equals the plain run's (the fixture uses `auto`, which
+    picks the plain layout for this tiny model)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD)]
+    fields = overrides(model_dir, eval_file, tmp_path / "out", tmp_path / "cache", "--use_cpu", "true",
+                       "--prefix_sharing", "true")
+    shared = launch(launcher, tmp_path / "results", fields)
+    assert shared[0]["logs"] == shared[1]["logs"] and shared[0]["weights"] == shared[1]["weights"]
+    for plain_rank, shared_rank in zip(torchrun["ranks"], shared):
+        torch.testing.assert_close(torch.tensor(shared_rank["reference_logps"]),
+                                   torch.tensor(plain_rank["reference_logps"]), atol=1e-5, rtol=0)
+        for a, b in zip(without_timing(plain_rank["logs"]), without_timing(shared_rank["logs"])):
+            assert set(a) == set(b)
+            for key in a:
+                if key not in ("pad_fraction", "tokens_per_second", "epoch", "step"):  # the layouts pad differently
+                    assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+
+
+@pytest.mark.slow
 def test_ranks_train_on_disjoint_batches_in_sampler_order(torchrun, single):
     rank0, rank1 = (rank["ids"][: STEPS * BATCH] for rank in torchrun["ranks"])  # the loader prefetches one more
     assert not set(rank0) & set(rank1)
