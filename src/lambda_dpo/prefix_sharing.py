@@ -19,6 +19,10 @@ plain path's; a model whose attention ignores the custom mask falls back, with a
 
 Memory: the mask costs B·L² bytes (bool); the logits are never materialised (the output head runs over chunks of
 the predicting positions, as in :mod:`lambda_dpo.logprobs`).
+
+When it pays: a dense mask makes a row attend L² pairs, L = P + Σ r, against k·(P + r)² unshared, so sharing wins
+on long prompts and loses on short prompts with many responses in narrow models. ``prefix_sharing: auto`` decides
+per batch by :func:`estimated_cost_ratio` (benchmarks/bench_prefix.py measures both layouts).
 """
 
 from __future__ import annotations
