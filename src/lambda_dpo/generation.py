@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids, parse_lambda, render_lambda
-from lambda_dpo.model_dir import METADATA_FILE
+from lambda_dpo.model_dir import METADATA_FILE, lambda_dpo_dir_problem
 
 LambdaLike = str | Mapping[str, float] | Sequence[float]
 
@@ -255,12 +255,7 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         return f"--temperature must be > 0 when sampling, got {args.temperature} (use --greedy for greedy decoding)"
     if not 0 < args.top_p <= 1:
         return f"--top-p must be in (0, 1], got {args.top_p}"
-    if not os.path.isdir(args.model):
-        return f"--model {args.model}: no such folder (generation runs offline; give a local model directory)"
-    if not os.path.exists(os.path.join(args.model, METADATA_FILE)):
-        return (f"--model {args.model} has no {METADATA_FILE}: it is not a lambda-dpo model, so it cannot be steered "
-                "by λ. Train one with `lambda-dpo train`, or generate from a plain model with transformers")
-    return None
+    return lambda_dpo_dir_problem(args.model)
 
 
 def run(args: argparse.Namespace) -> int:

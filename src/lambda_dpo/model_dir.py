@@ -21,6 +21,16 @@ class ModelLoadError(ValueError):
     """A model or tokenizer cannot be loaded from a setting's value; the message names the setting."""
 
 
+def lambda_dpo_dir_problem(path: str, option: str = "--model") -> str | None:
+    """Why ``path`` (given as ``option``) is not a local λ-DPO model directory, in one line; None when it is."""
+    if not os.path.isdir(path):
+        return f"{option} {path}: no such folder (this runs offline; give a local model directory)"
+    if not os.path.exists(os.path.join(path, METADATA_FILE)):
+        return (f"{option} {path} has no {METADATA_FILE}: it is not a lambda-dpo model, so it cannot be steered by "
+                "λ; train one with `lambda-dpo train`")
+    return None
+
+
 def torch_dtype(bf16: bool = False, fp16: bool = False):
     """The dtype that the Trainer's ``bf16``/``fp16`` flags ask the weights to be loaded in."""
     import torch

@@ -270,13 +270,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
-    from lambda_dpo.model_dir import METADATA_FILE
+    from lambda_dpo.model_dir import lambda_dpo_dir_problem
 
-    if not os.path.isdir(args.model):
-        return f"--model {args.model}: no such folder (the playground runs offline; give a local model directory)"
-    if not os.path.exists(os.path.join(args.model, METADATA_FILE)):
-        return (f"--model {args.model} has no {METADATA_FILE}: it is not a lambda-dpo model, so there is no λ to "
-                "steer; train one with `lambda-dpo train`")
+    problem = lambda_dpo_dir_problem(args.model)
+    if problem:
+        return problem
     if not 0 < args.port < 65536:
         return f"--port must be in 1…65535, got {args.port}"
     return None
