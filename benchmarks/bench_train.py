@@ -281,6 +281,7 @@ def lambda_trainer(spec: dict, tokenizer, data, workdir: Path, precompute: bool,
         precompute_reference=precompute, reference="adapter-disabled" if lora else "model", use_lora=lora,
         use_cpu=spec["device"] == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
         disable_tqdm=True, seed=0, conditioning=conditioning, prefix_sharing=prefix_sharing,
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
     )
     policy = build_model(spec["size"], 0, spec["dtype"], spec["device"], lora)
     reference = None if lora else build_model(spec["size"], 1, spec["dtype"], spec["device"], False)
@@ -310,6 +311,7 @@ def floor_trainer(spec: dict, tokenizer, lambda_dataset, workdir: Path):
         output_dir=str(workdir / "out-floor"), per_device_train_batch_size=spec["prompts"] * spec["k"],
         max_steps=spec["total_steps"], learning_rate=LEARNING_RATE, use_cpu=spec["device"] == "cpu",
         report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
     )
     policy = build_model(spec["size"], 0, spec["dtype"], spec["device"], spec["lora"])
     return Trainer(policy, args, train_dataset=data, data_collator=default_data_collator)
@@ -393,6 +395,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     tuning.add_argument("--full", action="store_true", help="train all weights (the default)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="model weights (default: fp32 on CPU, "
                         "bf16 on CUDA)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each decoder layer in backward (every variant, the floor included)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--memory-steps", type=int, default=1, help="steps measured in each memory subprocess")
@@ -458,7 +462,8 @@ def main(argv=None) -> int:
     common = dict(device=args.device, k=args.k, m=args.m, max_length=args.max_length, prompt_tokens=prompt_tokens,
                   response_tokens=args.max_length - prompt_tokens, lora=args.lora, dtype=args.dtype, threads=args.threads,
                   warmup=args.warmup, steps=args.steps, memory_steps=args.memory_steps,
-                  total_steps=args.warmup + max(args.steps, args.memory_steps))
+                  total_steps=args.warmup + max(args.steps, args.memory_steps),
+                  gradient_checkpointing=args.gradient_checkpointing)
     rows = []
     for size in args.model_size:
         params = count_parameters(size)
@@ -490,7 +495,7 @@ def report(rows: list[dict], args, common: dict, load_at_start: float) -> None:
     info = machine_info(args.device, args.threads) | {"load_average_1min_at_start": load_at_start}
     print(f"\n{info['date']}  {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads)"
           f"{'  ' + info['gpu'] if cuda else ''}  torch {info['torch']}  device {args.device}  {args.dtype}"
-          f"{'  LoRA' if args.lora else ''}")
+          f"{'  LoRA' if args.lora else ''}{'  gradient checkpointing' if args.gradient_checkpointing else ''}")
     print(f"k={args.k} responses, m={args.m} dimensions, {common['prompt_tokens']} prompt + "
           f"{common['response_tokens']} response tokens; median of {args.steps} interleaved steps after "
           f"{args.warmup} warm-up")

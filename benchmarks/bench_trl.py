@@ -13,7 +13,8 @@ What still differs (each trainer's own defaults, kept because they are what a us
 entropy, mean logits and top-1 accuracy for its metrics in the fused head and logs them every step; on non-Triton
 devices (CPU) its fused head scores every position, prompt and padding included, in tiles of 32,768 positions;
 ours scores response positions only, in checkpointed chunks of 128, and computes per-dimension ranking metrics.
-TRL's DPOConfig defaults gradient_checkpointing=True and bf16=True; both are set False here, as ours has them.
+TRL's DPOConfig defaults gradient_checkpointing=True and bf16=True; both are off here, as ours has them
+(`--gradient-checkpointing` turns checkpointing on for both).
 
 Timing and memory are measured as in bench_train.py: one process with both trainers, steps interleaved (order
 alternating), median s/step; then each trainer alone in a subprocess for peak RSS (VmHWM) or CUDA peak.
@@ -79,7 +80,7 @@ def common_args(spec: dict, name: str, workdir: Path) -> dict:
     return dict(output_dir=str(workdir / f"out-{name}"), per_device_train_batch_size=spec["prompts"],
                 max_steps=spec["total_steps"], learning_rate=LEARNING_RATE, beta=BETA, max_length=spec["max_length"],
                 use_cpu=spec["device"] == "cpu", report_to="none", save_strategy="no", logging_strategy="no",
-                disable_tqdm=True, seed=0)
+                disable_tqdm=True, seed=0, gradient_checkpointing=spec.get("gradient_checkpointing", False))
 
 
 def ours_trainer(spec: dict, tokenizer, path: Path, workdir: Path):
@@ -104,7 +105,7 @@ def trl_trainer(spec: dict, tokenizer, path: Path, workdir: Path):
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(**common_args(spec, "trl", workdir), loss_type=["sigmoid"], precompute_ref_log_probs=True,
-                     precompute_ref_batch_size=spec["prompts"], gradient_checkpointing=False, bf16=False)
+                     precompute_ref_batch_size=spec["prompts"], bf16=False)
     with open(path) as f:
         data = Dataset.from_list([json.loads(line) for line in f])
     policy = build_model(spec["size"], 0, spec["dtype"], spec["device"], lora=False)
@@ -161,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="model weights, both trainers (default: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each decoder layer in backward (both trainers)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per trainer")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per trainer")
     parser.add_argument("--memory-steps", type=int, default=1, help="steps measured in each memory subprocess")
@@ -190,7 +193,8 @@ def main(argv=None) -> int:
     common = dict(device=args.device, max_length=args.max_length, prompt_tokens=prompt_tokens,
                   response_tokens=args.max_length - prompt_tokens, dtype=args.dtype, threads=args.threads,
                   warmup=args.warmup, steps=args.steps, memory_steps=args.memory_steps,
-                  total_steps=args.warmup + max(args.steps, args.memory_steps), lora=False)
+                  total_steps=args.warmup + max(args.steps, args.memory_steps), lora=False,
+                  gradient_checkpointing=args.gradient_checkpointing)
     rows = []
     for size in args.model_size:
         params = count_parameters(size)

@@ -2,7 +2,9 @@
 
 Two real processes (DDP over gloo on the CPU) launched by `torchrun` and by `accelerate launch` with the shipped
 configs/accelerate/ddp.yaml, each running tests/_distributed_worker.py (which trains like `lambda-dpo train` and
-writes what its process saw), compared with a single-process run of the same config in this process. Then the
+writes what its process saw), compared with a single-process run of the same config in this process. Then every
+other shipped config (DeepSpeed ZeRO-2, ZeRO-3, ZeRO-3 + offload, FSDP2) on 2 CPU processes: sharding proven from
+what each process holds, steps, reference table and saved model equal to the DDP run's, resume, LoRA. Then the
 length column, the seeded length-grouped sampler and the logged pad fraction.
 """
 
@@ -205,20 +207,168 @@ def test_accelerate_launch_ddp_config_reuses_the_cache_and_trains_the_same(torch
         assert rank["weights"] == earlier["weights"]
 
 
+# ---------------------------------------------------------------- sharded: DeepSpeed ZeRO-2/3 (+ offload), FSDP2
+# Every shipped accelerate config, 2 CPU processes, 4 steps with a checkpoint at step 2, compared with the same run
+# under ddp.yaml. ZeRO-3 and FSDP2 compute the reference table with their own launch (the pre-pass before the policy
+# is sharded); ZeRO-2 and ZeRO-3 + offload reuse the DDP run's cache file. DeepSpeed JIT-compiles its CPU ops on its
+# first use on a machine (~1 min: shared-memory collectives; cpu_adam for offload).
+SHARDED_STEPS = 4
+SHARDED = {  # config → (distributed type, wrapper class, parameters sharded, reuses the DDP reference cache)
+    "deepspeed_zero2": ("DistributedType.DEEPSPEED", "DeepSpeedEngine", False, True),
+    "deepspeed_zero3": ("DistributedType.DEEPSPEED", "DeepSpeedEngine", True, False),
+    "deepspeed_zero3_offload": ("DistributedType.DEEPSPEED", "DeepSpeedEngine", True, True),
+    "fsdp": ("DistributedType.FSDP", "FSDPLlamaForCausalLM", True, False),
+}
+RESUMED = ["deepspeed_zero3", "fsdp"]
+
+
+def accelerate_launch(config: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "configs" / "accelerate" / f"{config}.yaml"), "--num_processes", str(WORLD),
+            "--main_process_port", str(free_port())]
+
+
+def sharded_fields(model_dir: Path, output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir), "--dataset", str(HELPSTEER2), "--dataset_format", "helpsteer2",
+        "--output_dir", str(output_dir), "--reference_cache_dir", str(cache_dir), "--max_steps", str(SHARDED_STEPS),
+        "--per_device_train_batch_size", str(BATCH), "--learning_rate", "1e-2", "--logging_steps", "1",
+        "--save_strategy", "steps", "--save_steps", "2", "--report_to", "none", "--max_length", "160",
+        "--max_prompt_length", "80", "--disable_tqdm", "true", "--seed", "0", *extra,
+    ]
+
+
+class ShardedRuns:
+    """Each (config, variant) run once per test module, launched on first use."""
+
+    def __init__(self, model_dir: Path, root: Path):
+        self.model_dir, self.root, self.done = model_dir, root, {}
+
+    def __call__(self, config: str, variant: str = "full", *extra: str, cache: str | None = None) -> dict:
+        key = (config, variant)
+        if key not in self.done:
+            where = self.root / f"{config}-{variant}"
+            cache_dir = self.root / f"cache-{cache or config}-{variant}"
+            ranks = launch(accelerate_launch(config), where / "results",
+                           sharded_fields(self.model_dir, where / "out", cache_dir, *extra))
+            self.done[key] = {"ranks": ranks, "out": where / "out"}
+        return self.done[key]
+
+
+@pytest.fixture(scope="module")
+def sharded(model_dir, tmp_path_factory) -> ShardedRuns:
+    return ShardedRuns(model_dir, tmp_path_factory.mktemp("sharded"))
+
+
+def assert_same_steps(logs: list[dict], expected: list[dict]) -> None:
+    """The same steps with the same numbers (float tolerance: the sharded reductions sum in another order). Not the
+    pad fraction: under ZeRO-3 / FSDP the processes pick one layout together (prefix sharing only if every process
+    wants it), under DDP each its own."""
+    assert [entry["step"] for entry in logs] == [entry["step"] for entry in expected]
+    for got, want in zip(without_timing(logs), without_timing(expected)):
+        assert set(got) == set(want)
+        for key in set(want) - {"pad_fraction"}:
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["step"], key)
+
+
+def saved_logps(directory: Path) -> torch.Tensor:
+    """Per-sequence log-probs of a saved model on 8 fixed sequences."""
+    from lambda_dpo.logprobs import sequence_logps
+
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = torch.randint(0, model.config.vocab_size, (8, 24), generator=torch.Generator().manual_seed(0))
+    response = torch.zeros_like(ids, dtype=torch.bool)
+    response[:, 12:] = True
+    with torch.no_grad():
+        return sequence_logps(model, ids, torch.ones_like(ids), response, reduction="sum").logps
+
+
 @pytest.mark.slow
-def test_deepspeed_zero2_smoke(model_dir, eval_file, tmp_path, monkeypatch):
-    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra (lambda-dpo[deepspeed]) that CI does "
-                                            "not install")
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", str(WORLD),
-                  "--main_process_port", str(free_port())]
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator
-    ranks = launch(accelerate, tmp_path / "results",
-                   overrides(model_dir, eval_file, tmp_path / "out", tmp_path / "cache"))
-    assert [rank["distributed_type"] for rank in ranks] == ["DistributedType.DEEPSPEED"] * 2
-    assert ranks[0]["logs"] == ranks[1]["logs"]
-    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+@pytest.mark.parametrize("config", list(SHARDED))
+def test_shipped_config_shards_and_trains_like_ddp(sharded, config):
+    distributed_type, wrapper, params_sharded, reuses_cache = SHARDED[config]
+    ddp = sharded("ddp")
+    run = sharded(config, cache="ddp" if reuses_cache else None)
+    rank0, rank1 = run["ranks"]
+    assert [rank["distributed_type"] for rank in run["ranks"]] == [distributed_type] * 2
+    assert rank0["world_size"] == 2 and rank0["logs"] == rank1["logs"]
+    # sharding happened: each process holds about half the parameters (ZeRO-3, FSDP2) and half of AdamW's state
+    for rank in run["ranks"]:
+        shards = rank["sharding"]
+        assert shards["wrapper"] == wrapper
+        full = shards["params_full"]
+        assert full == ddp["ranks"][0]["sharding"]["params_full"]
+        held = shards["params_local"] / full
+        assert held == pytest.approx(0.5, abs=0.01) if params_sharded else held == 1.0
+        assert shards["optimizer_state_local"] / full == pytest.approx(0.5, abs=0.01)
+    assert ddp["ranks"][0]["sharding"]["optimizer_state_local"] == ddp["ranks"][0]["sharding"]["params_full"]
+    # the same data order, the same reference table, the same steps as DDP
+    for rank, ddp_rank in zip(run["ranks"], ddp["ranks"]):
+        assert rank["ids"][: SHARDED_STEPS * BATCH] == ddp_rank["ids"][: SHARDED_STEPS * BATCH]
+        torch.testing.assert_close(torch.tensor(rank["reference_logps"]), torch.tensor(ddp_rank["reference_logps"]),
+                                   atol=1e-5, rtol=0)
+        assert (rank["reference_forwards"] == 0) == reuses_cache  # a second run reuses the cache file
+        assert_same_steps(rank["logs"], ddp_rank["logs"])
+    # the saved folder is a plain Hugging Face model with the DDP-trained model's log-probs
+    assert (run["out"] / "lambda_dpo.json").exists()
+    torch.testing.assert_close(saved_logps(run["out"]), saved_logps(ddp["out"]), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", RESUMED)
+def test_resume_under_sharding_repeats_the_uninterrupted_run(sharded, config):
+    """Stopped after the checkpoint at step 2 (a killed run leaves exactly that folder), resumed: steps 3–4 log
+    the uninterrupted run's numbers (the λ drawn by every process's schedule included) and reuse its cache."""
+    uninterrupted = sharded(config)
+    checkpoint = uninterrupted["out"] / "checkpoint-2"
+    assert sorted(p.name for p in checkpoint.glob("lambda_schedule_rank*.pt")) == [
+        "lambda_schedule_rank0.pt", "lambda_schedule_rank1.pt"]
+    resumed = sharded(config, "resumed", "--resume_from_checkpoint", str(checkpoint), cache=config)
+    for rank, reference in zip(resumed["ranks"], uninterrupted["ranks"]):
+        after = [entry for entry in rank["logs"] if entry["step"] > 2]
+        assert [entry["step"] for entry in after] == [3, 4]
+        assert without_timing(after) == without_timing(reference["logs"][2:])
+    torch.testing.assert_close(saved_logps(resumed["out"]), saved_logps(uninterrupted["out"]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["deepspeed_zero3", "fsdp"])
+def test_lora_with_adapter_disabled_reference_under_sharding(sharded, config):
+    lora = ("--use_lora", "true", "--reference", "adapter-disabled", "--max_steps", "2", "--save_strategy", "no")
+    ddp = sharded("ddp", "lora", *lora)
+    run = sharded(config, "lora", *lora)
+    shards = run["ranks"][0]["sharding"]
+    assert shards["params_local"] / shards["params_full"] == pytest.approx(0.5, abs=0.01)
+    for rank, ddp_rank in zip(run["ranks"], ddp["ranks"]):
+        torch.testing.assert_close(torch.tensor(rank["reference_logps"]), torch.tensor(ddp_rank["reference_logps"]),
+                                   atol=1e-5, rtol=0)
+        assert_same_steps(rank["logs"], ddp_rank["logs"])
+
+    def adapter(directory: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(directory / "adapter_model.safetensors")
+
+    saved, expected = adapter(run["out"]), adapter(ddp["out"])
+    assert set(saved) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(saved[name], expected[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_refused_sharded_setups_say_why_through_the_cli(model_dir, tmp_path):
+    """`accelerate launch … -m lambda_dpo.cli train` as a user runs it: merge_lora under ZeRO-3 stops before
+    training with one line naming the setting and what to do instead."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    fields = sharded_fields(model_dir, tmp_path / "out", tmp_path / "cache", "--use_lora", "true",
+                            "--merge_lora", "true")
+    done = subprocess.run([*accelerate_launch("deepspeed_zero3"), "-m", "lambda_dpo.cli", "train", *fields],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    said = [line for line in (done.stderr + done.stdout).splitlines() if "merge_lora=true" in line]
+    assert said and all(line.startswith("lambda-dpo train: merge_lora=true is not supported under DeepSpeed "
+                                        "ZeRO-3") for line in said), said
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
 
 
 # ---------------------------------------------------------------- less padding

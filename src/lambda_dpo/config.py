@@ -14,10 +14,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from transformers import TrainingArguments
 
-from lambda_dpo import reliance
+from lambda_dpo import distributed, reliance
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE
 from lambda_dpo.lambdas import SCHEDULES
 from lambda_dpo.losses import LOSSES
@@ -162,11 +161,14 @@ class LambdaDPOConfig(TrainingArguments):
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "lambda_schedule_kwargs", "dataset_options"]
 
     def __post_init__(self):
-        if not self.use_cpu and _launched_without_accelerator():
-            # accelerate would not form a process group here: each process would train alone on all the data.
-            logger.warning("%s processes launched on a machine without GPUs: training on the CPU, DDP over gloo "
-                           "(use_cpu=true)", os.environ["WORLD_SIZE"])
+        # accelerate would let each process train alone on all the data here (lambda_dpo.distributed).
+        if not self.use_cpu and distributed.launched_without_accelerator():
+            how = "FSDP2" if distributed.fsdp_launched_without_accelerator() else "DDP"
+            logger.warning("%s processes launched on a machine without GPUs: training on the CPU, %s over gloo "
+                           "(use_cpu=true)", os.environ["WORLD_SIZE"], how)
             self.use_cpu = True
+        if self.ddp_backend is None and distributed.deepspeed_launched_without_accelerator():
+            self.ddp_backend = "gloo"
         # Our JSON fields first: TrainingArguments' own parsing of them would fail without naming the field.
         for name in ("lambda_schedule_kwargs", "dataset_options"):
             value = getattr(self, name)
@@ -217,13 +219,3 @@ class LambdaDPOConfig(TrainingArguments):
         """The λ-DPO part of the config (what `lambda_dpo.json` records next to the model)."""
         base = {f.name for f in TrainingArguments.__dataclass_fields__.values()}
         return {k: v for k, v in asdict(self).items() if k not in base and not k.startswith("_")}
-
-
-def _launched_without_accelerator() -> bool:
-    """Several processes (torchrun / accelerate launch set WORLD_SIZE), no GPU or other accelerator, and plain DDP:
-    DeepSpeed (which has a CPU accelerator of its own) and FSDP launches are left to accelerate."""
-    if any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("DEEPSPEED", "FSDP")):
-        return False
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not available

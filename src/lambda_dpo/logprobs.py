@@ -8,9 +8,10 @@ For sequence n with response positions R_n (tokens whose log-prob counts)::
 The naive route, ``log_softmax(model(x).logits.float())``, holds N·T·V floats (8 × 1024 × 151,936 fp32 is 5 GB)
 plus as much again for the log-softmax and its gradient. Here the model's backbone runs once, only the hidden
 states of positions that predict a response token are kept, and the output head + fp32 log-softmax + gather run
-over chunks of ``chunk_size`` of those positions. When gradients are needed each chunk is wrapped in
-``torch.utils.checkpoint`` so that autograd stores the chunk's ``[chunk, H]`` input, not its ``[chunk, V]`` logits:
-peak extra memory is one chunk of logits, at the price of running the head twice.
+over chunks of ``chunk_size`` of those positions, inside the model's forward (``_forward_capturing_hidden`` says
+why). When gradients are needed each chunk is wrapped in ``torch.utils.checkpoint`` so that autograd stores the
+chunk's ``[chunk, H]`` input, not its ``[chunk, V]`` logits: peak extra memory is one chunk of logits, at the
+price of running the head twice.
 
 Why hand-written: transformers' ``logits_to_keep`` still materialises ``[positions, V]`` at once, TRL's
 ``selective_log_softmax`` starts from full logits, and the fused kernels (Liger, Cut Cross-Entropy) return a
@@ -18,9 +19,10 @@ token-averaged loss for whole batches rather than per-sequence log-prob sums, wi
 
 How the model is called: always through its *top-level* forward (whatever wraps it: DDP, a PeftModel, a DeepSpeed
 engine), with an empty ``logits_to_keep`` so the model itself computes no logits; a forward hook on the unwrapped
-backbone captures the final hidden states on the way. Calling the wrapper matters: DDP prepares its gradient
-all-reduce in its own ``forward``, and calling the unwrapped module would silently skip the sync. The head is then
-applied as a module call, so ZeRO-3 gathers its weights through its usual module hooks. Final-logit operations
+backbone applies the head to the final hidden states on the way. Calling the wrapper matters: DDP prepares its
+gradient all-reduce in its own ``forward``, and calling the unwrapped module would silently skip the sync. The head
+is applied as a module call, so ZeRO-3 gathers its weights through its usual module hooks (every process making as
+many calls; docs/distributed.md has the rules for sharded models). Final-logit operations
 known from configs (Cohere's ``logit_scale``, Granite's ``logits_scaling``, Gemma's ``final_logit_softcapping``) are
 applied after the head. Once per model, a no-grad forward of one sequence with ``logits_to_keep=1`` checks that
 head + those operations reproduce the model's own logits; a model that does something else falls back (with a
@@ -166,9 +168,15 @@ def predicted_logps(
         _, backbone, head, transform = parts
         # No logits from the model itself: an empty index keeps zero positions.
         keep_none = torch.zeros(0, dtype=torch.long, device=input_ids.device)
-        hidden, _ = _forward_capturing_hidden(model, backbone, input_ids, attention_mask, keep_none, position_ids)
-        token_fn = partial(_token_logps, head=head, transform=transform)
-        token_logps = _chunked(token_fn, hidden[rows, cols], labels, chunk_size, checkpoint)
+
+        def chunked_head(hidden: torch.Tensor) -> torch.Tensor:
+            frozen_copy = _zero3_frozen_head_copy(head)
+            token_fn = partial(_token_logps, head=frozen_copy or head, transform=transform)
+            num_chunks = None if frozen_copy else _agreed_num_chunks(head, rows.shape[0], chunk_size, hidden.device)
+            return _chunked(token_fn, hidden[rows, cols], labels, chunk_size, checkpoint, num_chunks)
+
+        token_logps, _ = _forward_capturing_hidden(model, backbone, input_ids, attention_mask, keep_none,
+                                                   position_ids, on_hidden=chunked_head)
     else:
         extra = {} if position_ids is None else {"position_ids": position_ids}
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
@@ -246,27 +254,33 @@ def _final_logit_transform(logits: torch.Tensor, *, scale, divisor, softcap) -> 
     return logits
 
 
-def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep, position_ids=None):
-    """Run the top-level model; return the backbone's final hidden states ``[N, T, H]`` and the model's logits."""
-    captured = []
+def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep, position_ids=None,
+                              on_hidden: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Run the top-level model; return ``on_hidden(h)`` of the backbone's final hidden states ``h [N, T, H]`` (``h``
+    itself without ``on_hidden``) and the model's logits.
 
-    def keep_hidden(module, args, output):
-        captured.append(output if isinstance(output, torch.Tensor) else output[0])
+    ``on_hidden`` runs in a forward hook of the backbone, i.e. inside the top-level forward. That matters under
+    FSDP2, where the output head belongs to a unit that is gathered for the root forward and whose gradients are
+    reduced with it: applied after the forward had returned, the head's backward crashed in the second step."""
+    results = []
 
-    handle = backbone.register_forward_hook(keep_hidden)
+    def on_backbone_output(module, args, output):
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
+        if hidden.shape[:2] != input_ids.shape:
+            raise ValueError(
+                f"the backbone returned hidden states of shape {tuple(hidden.shape)} for input_ids of shape "
+                f"{tuple(input_ids.shape)}; models that add positions (e.g. PEFT prompt tuning) are not supported"
+            )
+        results.append(hidden if on_hidden is None else on_hidden(hidden))
+
+    handle = backbone.register_forward_hook(on_backbone_output)
     try:
         extra = {} if position_ids is None else {"position_ids": position_ids}
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                         logits_to_keep=logits_to_keep, **extra)
     finally:
         handle.remove()
-    hidden = captured[-1]
-    if hidden.shape[:2] != input_ids.shape:
-        raise ValueError(
-            f"the backbone returned hidden states of shape {tuple(hidden.shape)} for input_ids of shape "
-            f"{tuple(input_ids.shape)}; models that add positions (e.g. PEFT prompt tuning) are not supported"
-        )
-    return hidden, outputs.logits
+    return results[-1], outputs.logits
 
 
 def _split_verified(model, parts, input_ids, attention_mask) -> bool:
@@ -287,11 +301,12 @@ def _split_verified(model, parts, input_ids, attention_mask) -> bool:
         first_lambda = adapters.lambdas[:1] if adapters is not None and adapters.lambdas is not None else None
         with (torch.no_grad(), torch.random.fork_rng(devices=accelerators, device_type=device.type),
               lambdas_set(model, first_lambda)):
-            hidden, logits = _forward_capturing_hidden(model, backbone, input_ids[:1], attention_mask[:1], 1)
-            ours = transform(head(hidden[:, -1]).float())
+            ours, logits = _forward_capturing_hidden(model, backbone, input_ids[:1], attention_mask[:1], 1,
+                                                     on_hidden=lambda hidden: head(hidden[:, -1]))
             theirs = logits[:, -1].float()
         # Low precision: the model may apply its final-logit ops in bf16 where we use fp32.
-        tol = 1e-3 if hidden.dtype == torch.float32 else 2e-2
+        tol = 1e-3 if ours.dtype == torch.float32 else 2e-2
+        ours = transform(ours.float())
         ok = torch.allclose(ours, theirs, rtol=tol, atol=tol * max(1.0, theirs.abs().max().item()))
         if not ok:
             diff = (ours - theirs).abs().max().item()
@@ -323,16 +338,55 @@ def _token_logps(
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _chunked(token_fn, inputs: torch.Tensor, labels: torch.Tensor, chunk_size: int | None, checkpoint: bool):
-    """``token_fn`` over chunks of ``inputs`` [R, ·] and ``labels`` [R] → token log-probs ``[R]``."""
-    if inputs.shape[0] == 0:
+def _agreed_num_chunks(head: torch.nn.Module, positions: int, chunk_size: int | None, device) -> int | None:
+    """How many head calls every process makes when DeepSpeed ZeRO-3 partitions the head, else None.
+
+    ZeRO-3 gathers a partitioned module's weights in a collective at each of its calls (and again for each
+    checkpointed recomputation in backward), so all processes must call the head equally often, although their
+    batches hold different numbers of response positions: each makes as many calls as the process that needs the
+    most, with chunks of at most ``chunk_size`` positions (one all-reduce of one number per forward)."""
+    if chunk_size is None or not torch.distributed.is_initialized():
+        return None
+    if not any(hasattr(parameter, "ds_id") for parameter in head.parameters()):
+        return None
+    count = torch.tensor([-(-positions // chunk_size)], device=device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return int(count.item())
+
+
+def _zero3_frozen_head_copy(head: torch.nn.Module):
+    """``F.linear`` with a full copy of the weights of a frozen output head that DeepSpeed ZeRO-3 partitions, else
+    None. ZeRO-3 releases a frozen module's weight before the checkpointed recomputation in backward (the
+    recomputed logits came from a ``[0]``-shaped weight), so a LoRA run gathers the head once per forward and
+    applies the copy as a plain function: one collective per forward, one head-sized buffer until backward."""
+    params = list(head.parameters())
+    if (not params or not isinstance(head, torch.nn.Linear) or any(p.requires_grad for p in params)
+            or not all(hasattr(p, "ds_id") for p in params)):
+        return None
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        weight = head.weight.detach().clone()
+        bias = None if head.bias is None else head.bias.detach().clone()
+    return partial(torch.nn.functional.linear, weight=weight, bias=bias)
+
+
+def _chunked(token_fn, inputs: torch.Tensor, labels: torch.Tensor, chunk_size: int | None, checkpoint: bool,
+             num_chunks: int | None = None):
+    """``token_fn`` over chunks of ``inputs`` [R, ·] and ``labels`` [R] → token log-probs ``[R]``: chunks of
+    ``chunk_size`` positions, or exactly ``num_chunks`` chunks of at most that size (some may be empty)."""
+    if inputs.shape[0] == 0 and num_chunks is None:
         return inputs.new_zeros(0, dtype=torch.float32)
     size = inputs.shape[0] if chunk_size is None else chunk_size
     recompute = checkpoint and torch.is_grad_enabled() and inputs.requires_grad
     # split(), not slicing: one SplitBackward concatenates the chunk gradients instead of one zero-filled
     # [R, ·] gradient per chunk.
+    if num_chunks is None:
+        chunks = zip(inputs.split(size), labels.split(size))
+    else:
+        chunks = zip(inputs.tensor_split(num_chunks), labels.tensor_split(num_chunks))
     pieces = []
-    for x, y in zip(inputs.split(size), labels.split(size)):
+    for x, y in chunks:
         if recompute:
             pieces.append(activation_checkpoint(token_fn, x, y, use_reentrant=False))
         else:

@@ -65,6 +65,7 @@ def load_pretrained(path: str, *, setting: str = "model_name_or_path", dtype=Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lambda_dpo.data import ensure_chat_template
+    from lambda_dpo.distributed import full_weights_unless_zero3_init
 
     check_model_path(path, setting)
     where = "folder" if os.path.isdir(path) else "hub model"
@@ -78,7 +79,8 @@ def load_pretrained(path: str, *, setting: str = "model_name_or_path", dtype=Non
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{setting}={path!r}: cannot load its tokenizer: {_first_line(e)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+        with full_weights_unless_zero3_init():  # ZeRO-3 launches: the reference pass needs full weights
+            model = AutoModelForCausalLM.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
     except (OSError, ValueError) as e:
         hint = " (the hub needs a network; give a local folder offline)" if where == "hub model" else ""
         raise ModelLoadError(f"{setting}={path!r}: cannot load the {where}{hint}: {_first_line(e)}") from None

@@ -42,7 +42,13 @@ def load_policy(config):
 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        import torch
+
+        # Seeded: every process draws the same adapter weights (ZeRO-3 / FSDP assemble the model from each process's
+        # shard, and DDP's broadcast of process 0's copy then changes nothing), and a rerun draws them again.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = get_peft_model(model, lora)
     return tokenizer, model
 
 

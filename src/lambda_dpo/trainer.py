@@ -38,6 +38,7 @@ from lambda_dpo import reliance
 from lambda_dpo.callbacks import DivergenceCallback, MetricsFileCallback
 from lambda_dpo.conditioning import check_prompt_budget, conditioned_prompt_ids
 from lambda_dpo.config import LambdaDPOConfig
+from lambda_dpo.distributed import all_processes_agree, enable_fsdp_on_cpu
 from lambda_dpo.lambda_adapters import (
     ADAPTERS_FILE,
     add_lambda_adapters,
@@ -163,13 +164,16 @@ class LambdaDPOTrainer(Trainer):
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
     def _check_sharded_setup(self) -> None:
         """Fail before training on settings that cannot work when the model is sharded (DeepSpeed ZeRO-3, FSDP)."""
-        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
-        zero3 = plugin is not None and plugin.zero_stage == 3
-        if not (zero3 or self.is_fsdp_enabled):
+        if not self._sharded:
             return
-        where = "DeepSpeed ZeRO-3" if zero3 else "FSDP"
+        where = "FSDP" if self.is_fsdp_enabled else "DeepSpeed ZeRO-3"
         if self.ref_model is not None:
             raise ValueError(
                 f"precompute_reference=false with a separate reference model is not supported under {where}: that "
@@ -317,7 +321,8 @@ class LambdaDPOTrainer(Trainer):
     def _prefix_sharing(self, model, prompts, responses, lambdas) -> bool:
         """Whether this batch forwards shared prompts (``prefix_sharing``; the choice is logged once)."""
         setting = self.args.prefix_sharing
-        if setting == "false" or (setting == "auto" and not sharing_pays(model, prompts, responses)):
+        if setting == "false" or (setting == "auto" and not self._all_processes_agree(
+                sharing_pays(model, prompts, responses))):
             return False
         works = sharing_works(model, prompts, responses, self.processing_class.pad_token_id,
                               self.args.logprob_reduction, lambdas)
@@ -330,6 +335,19 @@ class LambdaDPOTrainer(Trainer):
             logger.info("prefix sharing on (prefix_sharing=%s): each prompt is forwarded once for its responses; "
                         "the first batch forwards %d tokens instead of %d", setting, shared, plain)
         return works
+
+    def _all_processes_agree(self, wanted: bool) -> bool:
+        """``wanted`` on every process when the policy is sharded (all processes must run the same forwards: the
+        shared layout, whose first use runs a one-time check, only if all want it); else this process's own."""
+        if not self._sharded or self.accelerator.num_processes == 1:
+            return wanted
+        return all_processes_agree(wanted, self.args.device)
+
+    @property
+    def _sharded(self) -> bool:
+        """The policy's weights are partitioned across processes (DeepSpeed ZeRO-3 or FSDP)."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        return (plugin is not None and plugin.zero_stage == 3) or self.is_fsdp_enabled
 
     def _reference_logps(self, inputs, response_mask) -> torch.Tensor:
         if self.args.reference == "none":
