@@ -62,7 +62,7 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_step
     from lambda_dpo.demo.worlds import get_world
     from lambda_dpo.evaluation.controllability import ControllabilityResult, shared_hypervolumes
     from lambda_dpo.evaluation.model_eval import generation_prompts
-    from lambda_dpo.trainer import score_ranges
+    from lambda_dpo.targets import score_ranges
 
     world = get_world(name)
     os.makedirs(out, exist_ok=True)

@@ -139,7 +139,7 @@ def test_a_schedule_state_that_is_not_plain_tensors_is_refused(tmp_path):
 
     import torch
 
-    from lambda_dpo.trainer import _load_schedule_state
+    from lambda_dpo.checkpoints import load_schedule_state
 
     class Exploit:
         def __reduce__(self):
@@ -148,10 +148,10 @@ def test_a_schedule_state_that_is_not_plain_tensors_is_refused(tmp_path):
     path = tmp_path / "lambda_schedule_rank0.pt"
     torch.save({"generator_state": Exploit()}, path)
     with pytest.raises(ValueError, match="not a λ schedule state written by lambda-dpo"):
-        _load_schedule_state(str(path))
+        load_schedule_state(str(path))
     assert not (tmp_path / "pwned").exists()
     torch.save({"name": "uniform", "generator_state": torch.Generator().get_state(), "num_sampled": 3}, path)
-    assert _load_schedule_state(str(path))["num_sampled"] == 3
+    assert load_schedule_state(str(path))["num_sampled"] == 3
 
 
 def test_a_folder_is_read_file_by_file_with_the_same_rules(tmp_path):
@@ -198,7 +198,7 @@ def _trainer(tmp_path, **overrides):
 def test_resume_skips_a_checkpoint_cut_short_and_says_which_it_uses(tmp_path, caplog):
     import shutil
 
-    from lambda_dpo.trainer import complete_checkpoints
+    from lambda_dpo.checkpoints import complete_checkpoints
 
     trainer = _trainer(tmp_path)
     trainer.train()

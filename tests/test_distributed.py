@@ -23,9 +23,10 @@ from _tiny import DATA, gpt2_tokenizer, tiny_llama
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
+from lambda_dpo.batching import SeededLengthGroupedSampler, pad_fraction, padded_length
 from lambda_dpo.data import load_listwise
 from lambda_dpo.train_cli import load_policy, parse_config
-from lambda_dpo.trainer import LambdaDPOTrainer, SeededLengthGroupedSampler, pad_fraction, padded_length
+from lambda_dpo.trainer import LambdaDPOTrainer
 
 ROOT = Path(__file__).parent.parent
 WORKER = Path(__file__).parent / "_distributed_worker.py"

@@ -288,7 +288,7 @@ def test_nll_weight_must_not_be_negative(tmp_path):
 
 
 def test_tau_scale_range_makes_tau_relative_to_each_dimensions_score_range(tmp_path, tokenizer):
-    from lambda_dpo.trainer import score_ranges
+    from lambda_dpo.targets import score_ranges
 
     path = write_records(tmp_path / "r.jsonl", n=6)
     data = load_listwise(str(path), format="listwise")

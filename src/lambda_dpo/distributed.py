@@ -107,3 +107,17 @@ def all_processes_agree(wanted: bool, device) -> bool:
     flag = torch.tensor([int(wanted)], device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def check_full_weights(model: torch.nn.Module) -> None:
+    """The reference pass runs before accelerate shards anything, so each process needs the whole reference."""
+    for name, parameter in model.named_parameters():
+        if hasattr(parameter, "ds_id") or parameter.is_meta:
+            raise ValueError(
+                f"cannot precompute reference log-probs: parameter {name!r} is "
+                f"{'partitioned by DeepSpeed ZeRO-3' if hasattr(parameter, 'ds_id') else 'on the meta device'} "
+                "at load time, and the reference pass needs the full weights in every process. Set "
+                "zero3_init_flag: false (DeepSpeed) or fsdp_cpu_ram_efficient_loading: false (FSDP) in the "
+                "accelerate config, as configs/accelerate/*.yaml do; or fill the cache first with a "
+                "single-process run that uses the same reference_cache_dir"
+            )

@@ -83,3 +83,17 @@ def mix_targets(
     total = lambdas.sum(-1, keepdim=True)
     weights = lambdas / torch.where(total > 0, total, torch.ones_like(total))
     return torch.einsum("bm,bmk->bk", weights, target_probs)
+
+
+def score_ranges(dataset, dimensions: list[str]) -> torch.Tensor:
+    """``max − min`` of each dimension's scores over ``dataset`` ``[m]`` (1 where a dimension has a single value):
+    the unit of τ under ``tau_scale: range``."""
+    low = {d: math.inf for d in dimensions}
+    high = {d: -math.inf for d in dimensions}
+    for scores in dataset["scores"]:
+        for d in dimensions:
+            values = [v for v in (scores or {}).get(d) or [] if v is not None and math.isfinite(v)]
+            if values:
+                low[d], high[d] = min(low[d], *values), max(high[d], *values)
+    ranges = [high[d] - low[d] if high[d] > low[d] else 1.0 for d in dimensions]
+    return torch.tensor(ranges, dtype=torch.float32)

@@ -1,5 +1,7 @@
 """`LambdaDPOTrainer`: λ-DPO on top of `transformers.Trainer` (its settings: `lambda_dpo.config.LambdaDPOConfig`,
-re-exported here; its callbacks: `lambda_dpo.callbacks`; the model dir's `lambda_dpo.json`: `lambda_dpo.model_dir`).
+re-exported here; its callbacks: `lambda_dpo.callbacks`; its batches: `lambda_dpo.batching`; its checkpoint files:
+`lambda_dpo.checkpoints`; multi-process fixes: `lambda_dpo.distributed`; the model dir's `lambda_dpo.json`:
+`lambda_dpo.model_dir`).
 
 Data flow of one step (docs/design.md): the collator pads B listwise rows; the step samples λ per prompt from the
 schedule, renders the λ-conditioned prompt (docs/spec.md §1), flattens B prompts × k responses into sequences, forwards each
@@ -19,11 +21,9 @@ schedule's state (one stream per process) by every process. Training batches are
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections import defaultdict
@@ -31,14 +31,20 @@ from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lambda_dpo import reliance
+from lambda_dpo.batching import ListwiseCollator, SeededLengthGroupedSampler, padded_length
 from lambda_dpo.callbacks import DivergenceCallback, MetricsFileCallback
+from lambda_dpo.checkpoints import (
+    SCHEDULE_STATE_FILE,
+    atomic_torch_save,
+    complete_checkpoints,
+    load_schedule_state,
+)
 from lambda_dpo.conditioning import check_prompt_budget, conditioned_prompt_ids
 from lambda_dpo.config import LambdaDPOConfig
-from lambda_dpo.distributed import all_processes_agree, enable_fsdp_on_cpu
+from lambda_dpo.distributed import all_processes_agree, check_full_weights, enable_fsdp_on_cpu
 from lambda_dpo.lambda_adapters import (
     ADAPTERS_FILE,
     add_lambda_adapters,
@@ -58,50 +64,9 @@ from lambda_dpo.prefix_sharing import (
     sharing_works,
 )
 from lambda_dpo.reliance import target_cross_entropy
-from lambda_dpo.targets import mix_targets, target_probs_from_scores
+from lambda_dpo.targets import mix_targets, score_ranges, target_probs_from_scores
 
 logger = logging.getLogger(__name__)
-
-SCHEDULE_STATE_FILE = "lambda_schedule_rank{rank}.pt"
-
-class ListwiseCollator:
-    """Pads B tokenised listwise rows (k may differ per row) into a batch.
-
-    Returns tensors ``scores [B, m, k_max]`` (NaN = missing or padding), ``response_mask [B, k_max]``,
-    ``reference_logps [B, k_max]`` (when precomputed) and the per-row python lists the step needs to render the
-    λ-conditioned prompt (`prompt`, `system`, `prompt_input_ids`, `response_input_ids`, `id`).
-    """
-
-    def __init__(self, dimensions: list[str]):
-        self.dimensions = list(dimensions)
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        k_max = max(len(r["response_input_ids"]) for r in rows)
-        batch_size, m = len(rows), len(self.dimensions)
-        scores = torch.full((batch_size, m, k_max), math.nan)
-        response_mask = torch.zeros(batch_size, k_max, dtype=torch.bool)
-        for b, row in enumerate(rows):
-            k = len(row["response_input_ids"])
-            response_mask[b, :k] = True
-            for d, name in enumerate(self.dimensions):
-                values = (row["scores"] or {}).get(name) or []
-                scores[b, d, : len(values)] = torch.tensor([math.nan if v is None else v for v in values])
-        batch = {
-            "scores": scores,
-            "response_mask": response_mask,
-            "id": [row["id"] for row in rows],
-            "prompt": [row["prompt"] for row in rows],
-            "system": [row.get("system") or "" for row in rows],
-            "prompt_input_ids": [row["prompt_input_ids"] for row in rows],
-            "response_input_ids": [row["response_input_ids"] for row in rows],
-        }
-        if "reference_logps" in rows[0]:
-            reference = torch.zeros(batch_size, k_max)
-            for b, row in enumerate(rows):
-                reference[b, : len(row["reference_logps"])] = torch.tensor(row["reference_logps"])
-            batch["reference_logps"] = reference
-        return batch
-
 
 class LambdaDPOTrainer(Trainer):
     """A `transformers.Trainer` that optimises the λ-weighted listwise DPO loss (or a baseline from `losses.py`).
@@ -240,7 +205,7 @@ class LambdaDPOTrainer(Trainer):
         if not args.precompute_reference:
             self.ref_model = None if adapter_disabled else ref_model.eval().requires_grad_(False)
             return train_dataset, eval_dataset
-        _check_full_weights(ref_model)
+        check_full_weights(ref_model)
         previous_device = next(ref_model.parameters()).device
         if previous_device != args.device:  # this process's device (cuda:<local rank>, …)
             ref_model.to(args.device)
@@ -648,8 +613,8 @@ class LambdaDPOTrainer(Trainer):
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{step}")
         try:
             os.makedirs(folder, exist_ok=True)
-            _atomic_torch_save(self.schedule.state_dict(),
-                               os.path.join(folder, SCHEDULE_STATE_FILE.format(rank=self.args.process_index)))
+            atomic_torch_save(self.schedule.state_dict(),
+                              os.path.join(folder, SCHEDULE_STATE_FILE.format(rank=self.args.process_index)))
             super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError) as e:
             if self.args.should_save:
@@ -672,7 +637,7 @@ class LambdaDPOTrainer(Trainer):
         if resume_from_checkpoint:
             path = os.path.join(resume_from_checkpoint, SCHEDULE_STATE_FILE.format(rank=self.args.process_index))
             if os.path.exists(path):
-                self.schedule.load_state_dict(_load_schedule_state(path))
+                self.schedule.load_state_dict(load_schedule_state(path))
             else:
                 logger.warning("%s has no %s: the λ schedule restarts from its seed, so the λ drawn after the "
                                "resume differ from an uninterrupted run's", resume_from_checkpoint,
@@ -696,108 +661,3 @@ class LambdaDPOTrainer(Trainer):
         else:
             self.save_model(output_dir)
         return output_dir
-
-
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' `LengthGroupedSampler` (random mega-batches of up to 50 batches, each sorted by length, the
-    longest record first) with a shuffle that depends only on ``(seed, epoch)``.
-
-    Why: with several processes accelerate hands batch i of this order to process i mod n, so every process must
-    draw the same order. The stock sampler without a generator draws from each process's global torch RNG, which
-    accelerate does not synchronise. The Trainer calls `set_epoch` at every epoch (a resumed run too), so a resumed
-    run sees the same order as an uninterrupted one.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=list(lengths))
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
-def score_ranges(dataset, dimensions: list[str]) -> torch.Tensor:
-    """``max − min`` of each dimension's scores over ``dataset`` ``[m]`` (1 where a dimension has a single value):
-    the unit of τ under ``tau_scale: range``."""
-    low = {d: math.inf for d in dimensions}
-    high = {d: -math.inf for d in dimensions}
-    for scores in dataset["scores"]:
-        for d in dimensions:
-            values = [v for v in (scores or {}).get(d) or [] if v is not None and math.isfinite(v)]
-            if values:
-                low[d], high[d] = min(low[d], *values), max(high[d], *values)
-    ranges = [high[d] - low[d] if high[d] > low[d] else 1.0 for d in dimensions]
-    return torch.tensor(ranges, dtype=torch.float32)
-
-
-def padded_length(sequence_lengths: list[int]) -> int:
-    """The length a record's k sequences are padded to on their own: ``max_j (|prompt| + |response_j|)``.
-
-    A batch of records is padded to the largest of these, so grouping records by it is what cuts padding (the
-    `length` column that `train_sampling_strategy: group_by_length` sorts by).
-    """
-    return max(sequence_lengths, default=0)
-
-
-def pad_fraction(attention_mask: torch.Tensor) -> float:
-    """Padding share of a padded batch: ``1 − Σ mask / (N·T)`` for ``attention_mask`` ``[N, T]`` (1 = real token)."""
-    return 1.0 - attention_mask.sum().item() / max(attention_mask.numel(), 1)
-
-
-def _check_full_weights(model: torch.nn.Module) -> None:
-    """The reference pass runs before accelerate shards anything, so each process needs the whole reference."""
-    for name, parameter in model.named_parameters():
-        if hasattr(parameter, "ds_id") or parameter.is_meta:
-            raise ValueError(
-                f"cannot precompute reference log-probs: parameter {name!r} is "
-                f"{'partitioned by DeepSpeed ZeRO-3' if hasattr(parameter, 'ds_id') else 'on the meta device'} "
-                "at load time, and the reference pass needs the full weights in every process. Set "
-                "zero3_init_flag: false (DeepSpeed) or fsdp_cpu_ram_efficient_loading: false (FSDP) in the "
-                "accelerate config, as configs/accelerate/*.yaml do; or fill the cache first with a "
-                "single-process run that uses the same reference_cache_dir"
-            )
-
-
-def complete_checkpoints(output_dir: str) -> list[str]:
-    """The ``checkpoint-<step>`` folders of ``output_dir`` that a run can resume from, oldest first.
-
-    A folder counts when its ``trainer_state.json`` (the Trainer writes it after the weights, optimizer and RNG
-    states; we write the λ-schedule state before them) parses: one cut short by a kill or a full disk does not,
-    and is skipped with a warning, so resume falls back to the previous complete one."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
-        if not match or not os.path.isdir(os.path.join(output_dir, name)):
-            continue
-        try:
-            with open(os.path.join(output_dir, name, "trainer_state.json")) as f:
-                json.load(f)
-        except (OSError, ValueError):
-            logger.warning("%s is incomplete (no readable trainer_state.json: the run was stopped while writing it); "
-                           "skipped", os.path.join(output_dir, name))
-            continue
-        found.append((int(match.group(1)), os.path.join(output_dir, name)))
-    return [path for _, path in sorted(found)]
-
-
-def _load_schedule_state(path: str) -> dict[str, Any]:
-    """The λ schedule's state from a checkpoint: tensors and plain Python only (``weights_only=True``), so a crafted
-    checkpoint cannot run code when a run resumes from it."""
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as e:  # the unpickler refuses anything but tensors and plain containers
-        raise ValueError(f"{path}: not a λ schedule state written by lambda-dpo ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); delete the file to restart the schedule "
-                         "from its seed") from None
-
-
-def _atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

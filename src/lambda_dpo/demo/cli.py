@@ -255,7 +255,7 @@ def run_demo(out: str = DEMO_DIR_DEFAULT, quick: bool = False, seed: int = 0,
     for label, path in models.items():
         model, _, metadata = load_model(path, device="cpu")
         results[label] = _controllability(model, tokenizer, metadata, prompts, s, label, the_world)
-    from lambda_dpo.trainer import score_ranges
+    from lambda_dpo.targets import score_ranges
 
     scale = score_ranges(train, DIMENSIONS) if s.tau_scale == "range" else None
     results[ORACLE] = oracle_controllability(heldout, prompts, s, the_world, scale)  # the ceiling: no model, the target itself
