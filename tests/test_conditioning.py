@@ -144,3 +144,21 @@ def test_any_simplex_point_survives_rendering_within_rounding(raw):
     )
     # Each entry is rounded by at most 0.005, so after renormalising it moves by little more than that.
     assert [parsed[d] for d in DIMS] == pytest.approx(lambdas, abs=0.015)
+
+
+def test_as_lambda_takes_every_form_with_the_same_checks():
+    from lambda_dpo.conditioning import as_lambda
+
+    dims = ["helpfulness", "honesty"]
+    expected = {"helpfulness": 0.25, "honesty": 0.75}
+    for form in ("helpfulness=0.25,honesty=0.75", {"honesty": 0.75, "helpfulness": 0.25}, [0.25, 0.75],
+                 torch.tensor([0.25, 0.75])):
+        assert as_lambda(form, dims) == pytest.approx(expected)
+    assert as_lambda({"honesty": 1}, dims) == {"helpfulness": 0.0, "honesty": 1.0}  # unlisted names are 0
+    assert as_lambda([1, 3], dims, normalize=True) == pytest.approx(expected)
+    for bad, message in (({"safety": 1.0}, "unknown dimension 'safety'"), ([0.5, 0.6], "must sum to 1"),
+                         ([1.0], "has 1 values"), ({"honesty": -1, "helpfulness": 2}, "finite number ≥ 0"),
+                         ({"honesty": "x"}, "weight 'x' of 'honesty' is not a number"),
+                         ([float("nan"), 1.0], "finite number ≥ 0")):
+        with pytest.raises(ValueError, match=message):
+            as_lambda(bad, dims)

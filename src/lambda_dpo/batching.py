@@ -14,6 +14,7 @@ class ListwiseCollator:
     """Pads B tokenised listwise rows (k may differ per row) into a batch.
 
     Returns tensors ``scores [B, m, k_max]`` (NaN = missing or padding), ``response_mask [B, k_max]``,
+    ``response_lengths [B, k_max]`` (response tokens; 0 at padding),
     ``reference_logps [B, k_max]`` (when precomputed) and the per-row python lists the step needs to render the
     λ-conditioned prompt (`prompt`, `system`, `prompt_input_ids`, `response_input_ids`, `id`).
     """
@@ -26,15 +27,18 @@ class ListwiseCollator:
         batch_size, m = len(rows), len(self.dimensions)
         scores = torch.full((batch_size, m, k_max), math.nan)
         response_mask = torch.zeros(batch_size, k_max, dtype=torch.bool)
+        response_lengths = torch.zeros(batch_size, k_max, dtype=torch.long)
         for b, row in enumerate(rows):
             k = len(row["response_input_ids"])
             response_mask[b, :k] = True
+            response_lengths[b, :k] = torch.tensor([len(r) for r in row["response_input_ids"]])
             for d, name in enumerate(self.dimensions):
                 values = (row["scores"] or {}).get(name) or []
                 scores[b, d, : len(values)] = torch.tensor([math.nan if v is None else v for v in values])
         batch = {
             "scores": scores,
             "response_mask": response_mask,
+            "response_lengths": response_lengths,
             "id": [row["id"] for row in rows],
             "prompt": [row["prompt"] for row in rows],
             "system": [row.get("system") or "" for row in rows],

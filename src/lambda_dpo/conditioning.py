@@ -62,38 +62,69 @@ def parse_lambda(text: str, dimensions: Sequence[str], normalize: bool = False) 
     which divides by their sum. Unknown or duplicate names, negative or non-finite values and malformed text
     raise ``ValueError`` with a message that says how to fix it.
     """
-    dimensions = list(dimensions)
-    example = ",".join(f"{d}={1 / len(dimensions):.2f}" for d in dimensions[:2]) if dimensions else "name=1.0"
+    example = _example(dimensions)
     if not text or not text.strip():
         raise ValueError(f"empty λ; write it as name=weight pairs separated by commas, e.g. {example!r}")
-    result = {name: 0.0 for name in dimensions}
-    seen: set[str] = set()
+    entries = []
     for part in _SEPARATOR.split(text.strip()):
         if part.count("=") != 1:
             raise ValueError(f"malformed λ entry {part!r} in {text!r}: expected name=weight, e.g. {example!r}")
         name, raw = (s.strip() for s in part.split("="))
         if not _NAME.match(name):
-            raise ValueError(f"malformed dimension name {name!r} in {text!r}; known dimensions: {dimensions}")
+            raise ValueError(f"malformed dimension name {name!r} in {text!r}; known dimensions: {list(dimensions)}")
+        entries.append((name, raw))
+    return _checked_weights(entries, dimensions, normalize, shown=repr(text))
+
+
+def as_lambda(lam, dimensions: Sequence[str], normalize: bool = False) -> dict[str, float]:
+    """λ as ``{dimension: weight}`` for every dimension, from any form a user gives it: ``"a=0.7,b=0.3"`` text
+    (:func:`parse_lambda`), a mapping name → weight (unlisted names are 0), or a sequence or tensor row in
+    ``dimensions`` order. Every form gets the same checks and messages (simplex unless ``normalize``)."""
+    if isinstance(lam, str):
+        return parse_lambda(lam, dimensions, normalize=normalize)
+    if hasattr(lam, "tolist"):
+        lam = lam.tolist()
+    if isinstance(lam, Mapping):
+        entries = [(str(name), value) for name, value in lam.items()]
+    else:
+        values = list(lam)
+        if len(values) != len(dimensions):
+            raise ValueError(f"λ {values} has {len(values)} values; the dimensions are {list(dimensions)}")
+        entries = list(zip(dimensions, values))
+    return _checked_weights(entries, dimensions, normalize, shown=repr(dict(entries)))
+
+
+def _example(dimensions: Sequence[str]) -> str:
+    return ",".join(f"{d}={1 / len(dimensions):.2f}" for d in list(dimensions)[:2]) if dimensions else "name=1.0"
+
+
+def _checked_weights(entries, dimensions: Sequence[str], normalize: bool, shown: str) -> dict[str, float]:
+    """``(name, weight)`` entries (weights as numbers or text) → ``{dimension: weight}``, checked; ``shown`` is how
+    the λ appears in messages."""
+    dimensions = list(dimensions)
+    result = {name: 0.0 for name in dimensions}
+    seen: set[str] = set()
+    for name, raw in entries:
         if name not in result:
-            raise ValueError(f"unknown dimension {name!r} in {text!r}; known dimensions: {dimensions}")
+            raise ValueError(f"unknown dimension {name!r} in {shown}; known dimensions: {dimensions}")
         if name in seen:
-            raise ValueError(f"dimension {name!r} is given twice in {text!r}")
+            raise ValueError(f"dimension {name!r} is given twice in {shown}")
         seen.add(name)
         try:
             value = float(raw)
-        except ValueError:
-            raise ValueError(f"weight {raw!r} of {name!r} is not a number (in {text!r})") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"weight {raw!r} of {name!r} is not a number (in {shown})") from None
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"weight of {name!r} must be a finite number ≥ 0, got {raw!r}")
         result[name] = value
     total = sum(result.values())
     if normalize:
         if total <= 0:
-            raise ValueError(f"λ {text!r} has no positive weight, so it cannot be normalised")
+            raise ValueError(f"λ {shown} has no positive weight, so it cannot be normalised")
         return {name: value / total for name, value in result.items()}
     if abs(total - 1.0) > 1e-6:
         raise ValueError(
-            f"λ weights must sum to 1 (they sum to {total:.6g} in {text!r}); fix them or pass normalize=True "
+            f"λ weights must sum to 1 (they sum to {total:.6g} in {shown}); fix them or pass normalize=True "
             "(--normalize on the command line)"
         )
     return result

@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from lambda_dpo.conditioning import DEFAULT_TEMPLATE, conditioned_prompt_ids, parse_lambda, render_lambda
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, as_lambda, conditioned_prompt_ids, render_lambda
 from lambda_dpo.model_dir import METADATA_FILE, lambda_dpo_dir_problem
 
 LambdaLike = str | Mapping[str, float] | Sequence[float]
@@ -57,18 +57,6 @@ def load_model(model_dir: str, device: str | None = None, dtype: str | None = No
         load_adapters(model, model_dir, metadata["dimensions"], metadata["lambda_adapters"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer, metadata
-
-
-def _as_lambda_dict(lam: LambdaLike, dimensions: list[str], normalize: bool) -> dict[str, float]:
-    if isinstance(lam, str):
-        return parse_lambda(lam, dimensions, normalize=normalize)
-    if isinstance(lam, Mapping):
-        text = ",".join(f"{k}={v}" for k, v in lam.items())
-        return parse_lambda(text, dimensions, normalize=normalize)
-    values = [float(v) for v in lam]
-    if len(values) != len(dimensions):
-        raise ValueError(f"λ {values} has {len(values)} values; the model's dimensions are {dimensions}")
-    return parse_lambda(",".join(f"{d}={v}" for d, v in zip(dimensions, values)), dimensions, normalize=normalize)
 
 
 def _is_single(lambdas: Any) -> bool:
@@ -198,7 +186,7 @@ def generate(
 
     ids, rows = [], []
     for lam in lambda_list:
-        weights = _as_lambda_dict(lam, metadata["dimensions"], normalize)
+        weights = as_lambda(lam, metadata["dimensions"], normalize)
         ids.extend([render_prompt(tokenizer, metadata, prompt, weights, system)] * num_return_sequences)
         rows.extend([[weights[d] for d in metadata["dimensions"]]] * num_return_sequences)
     with lambdas_set(model, rows if metadata["condition_on_lambda"] else None):
@@ -271,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lambda-dpo generate: cannot load --model {args.model}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     try:
-        parsed = [_as_lambda_dict(text, metadata["dimensions"], args.normalize) for text in args.lambdas]
+        parsed = [as_lambda(text, metadata["dimensions"], args.normalize) for text in args.lambdas]
     except ValueError as e:
         raise SystemExit(f"lambda-dpo generate: {e}") from None
     outputs = generate(None, args.prompt, parsed, model=model, tokenizer=tokenizer, metadata=metadata,

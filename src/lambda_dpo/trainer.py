@@ -354,11 +354,9 @@ class LambdaDPOTrainer(Trainer):
                                             response_mask=response_mask, dimension_mask=dimension_mask, **loss_kwargs)
         has_signal = mix_targets(target_probs, lambdas, dimension_mask).sum(-1) > 0
         if self.args.nll_weight > 0:
-            token_logps = policy
+            token_logps = policy  # the NLL anchor is per token: a summed log-prob is divided by its length
             if self.args.logprob_reduction == "sum":
-                lengths = [[len(r) for r in rs] + [1] * (policy.shape[1] - len(rs))
-                           for rs in inputs["response_input_ids"]]
-                token_logps = policy / torch.tensor(lengths, dtype=policy.dtype, device=policy.device).clamp_min(1)
+                token_logps = policy / inputs["response_lengths"].to(policy.device, policy.dtype).clamp_min(1)
             per_prompt = per_prompt + self.args.nll_weight * target_nll_loss(
                 token_logps, target_probs, lambdas, response_mask=response_mask, dimension_mask=dimension_mask,
                 best_only=self.args.loss == "dpo")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lambda_dpo.conditioning import parse_lambda
+from lambda_dpo.conditioning import as_lambda
 from lambda_dpo.evaluation import model_eval as me
 from lambda_dpo.reliance import RELATIVE_MIN
 
@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _lambdas(texts: Sequence[str] | None, dimensions: list[str], normalize: bool) -> list[dict[str, float]]:
     if not texts:
         return [{d: float(d == name) for d in dimensions} for name in dimensions]
-    return [parse_lambda(text, dimensions, normalize=normalize) for text in texts]
+    return [as_lambda(text, dimensions, normalize=normalize) for text in texts]
 
 
 class _Run:
@@ -317,7 +317,7 @@ class _Run:
         if not tasks:
             return
         if self.args.lm_eval_lambda:
-            lambdas = parse_lambda(self.args.lm_eval_lambda, self.dimensions, normalize=self.args.normalize)
+            lambdas = as_lambda(self.args.lm_eval_lambda, self.dimensions, normalize=self.args.normalize)
         else:
             lambdas = {d: 1.0 / len(self.dimensions) for d in self.dimensions}
         limit = self.args.lm_eval_limit

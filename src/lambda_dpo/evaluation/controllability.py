@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from lambda_dpo.conditioning import as_lambda
 from lambda_dpo.evaluation.metrics import default_reference_point, hypervolume, pareto_front, spearman
 
 SampleFn = Callable[[list[str], dict[str, float], int], list[list[str]]]
@@ -236,14 +237,11 @@ def evaluate_controllability(
 
 
 def _check_lambda(point: Mapping[str, float], dimensions: list[str]) -> dict[str, float]:
-    unknown = [name for name in point if name not in dimensions]
-    values = [float(point.get(d, 0.0)) for d in dimensions]
-    if unknown or any(not math.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(
-            f"grid point {dict(point)} is not on the simplex over {dimensions}: weights must be finite, ≥ 0, "
-            "sum to 1 and name only those dimensions; build the grid with lambda_grid(dimensions, n)"
-        )
-    return dict(zip(dimensions, values))
+    try:
+        return as_lambda(point, dimensions)
+    except ValueError as e:
+        raise ValueError(f"grid point {dict(point)} is not on the simplex over {dimensions} ({e}); build the grid "
+                         "with lambda_grid(dimensions, n)") from None
 
 
 def _check_generated(generated, num_prompts: int, num_samples: int, point) -> None:
