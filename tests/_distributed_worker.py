@@ -68,8 +68,6 @@ def sharding(trainer) -> dict:
         "wrapper": type(trainer.model_wrapped).__name__,
         "params_local": sum(local for local, _ in params),
         "params_full": sum(full for _, full in params),
-        "trainable_full": sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()
-                              if p.requires_grad and not hasattr(p, "ds_id")) or None,
         "optimizer_state_local": sum(local_and_full_numel(m)[0] for m in moments),
     }
 
