@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from lambda_dpo.losses import (
     LOSSES,
+    OBJECTIVES,
     TIE_TOLERANCE,
+    ListwiseInputs,
     best_worst_dpo_loss,
     dpo_loss,
     listwise_loss,
@@ -20,7 +22,7 @@ from lambda_dpo.losses import (
     plackett_luce_loss,
     target_nll_loss,
 )
-from lambda_dpo.targets import target_probs_from_scores
+from lambda_dpo.targets import mix_targets, target_probs_from_scores
 
 HYPOTHESIS = settings(max_examples=40, deadline=None)
 # Every variant the trainer can dispatch to, all called with the listwise keyword signature.
@@ -155,13 +157,14 @@ def test_per_dimension_metrics_hand_computed():
         [[0.5, 0.3, 0.2], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
         [[0.6, 0.4, 0.0], [0.3, 0.7, 0.0], [0.0, 0.0, 0.0]],
     )
-    metrics = per_dimension_metrics(
+    metrics = per_dimension_metrics(ListwiseInputs.build(
         policy_logps=t([1.0, 0.0, 2.0], [0.5, 1.0, math.nan]),
         reference_logps=torch.zeros(2, 3, dtype=torch.float64),
         target_probs=target_probs,
+        lambdas=None,
         beta=1.0,
         response_mask=torch.tensor([[True, True, True], [True, True, False]]),
-    )
+    ))
     # dim 0 pairs: (0,1) +1 right, (0,2) −1 wrong, (1,2) −2 wrong, prompt 1 (0,1) −0.5 wrong.
     # dim 0 loss: mean(lse(1, 0, 2) − 0.9, lse(.5, 1) − 0.7); dim 1: prompt 1 (1,0) +0.5 right, lse(.5, 1) − 0.85.
     nan = math.nan
@@ -430,11 +433,9 @@ def test_permuting_responses_with_targets_changes_nothing(batch, seed):
     permuted = permute_responses(batch, [torch.randperm(k, generator=generator) for _ in range(b)])
     for name, fn in VARIANTS.items():
         torch.testing.assert_close(fn(**permuted), fn(**batch), atol=1e-9, rtol=1e-9, msg=name)
-    metric_args = {key: batch[key] for key in batch if key != "lambdas"}
-    permuted_args = {key: permuted[key] for key in permuted if key != "lambdas"}
-    for key, value in per_dimension_metrics(**metric_args).items():
+    for key, value in per_dimension_metrics(ListwiseInputs.build(**batch)).items():
         torch.testing.assert_close(
-            per_dimension_metrics(**permuted_args)[key], value, equal_nan=True, msg=key
+            per_dimension_metrics(ListwiseInputs.build(**permuted))[key], value, equal_nan=True, msg=key
         )
 
 
@@ -477,11 +478,9 @@ def test_padded_list_equals_unpadded_and_padding_gets_zero_gradient(batch, extra
         torch.testing.assert_close(loss, fn(**batch), atol=1e-9, rtol=1e-9, msg=name)
         assert torch.isfinite(grad).all(), name
         assert grad[~padded["response_mask"]].abs().sum().item() == 0.0, name
-    metric_args = {key: padded[key] for key in padded if key != "lambdas"}
-    unpadded_args = {key: batch[key] for key in batch if key != "lambdas"}
-    for key, value in per_dimension_metrics(**metric_args).items():
+    for key, value in per_dimension_metrics(ListwiseInputs.build(**padded)).items():
         torch.testing.assert_close(
-            value, per_dimension_metrics(**unpadded_args)[key], equal_nan=True, msg=key
+            value, per_dimension_metrics(ListwiseInputs.build(**batch))[key], equal_nan=True, msg=key
         )
 
 
@@ -507,7 +506,7 @@ def test_losses_registry_dispatches_by_name_with_keyword_arguments():
 def test_metrics_count_reward_ties_as_wrong():
     # policy == reference (the start of training): every r is 0, so no pair is ranked right yet.
     logps = t([-1.0, -2.0, -3.0])
-    metrics = per_dimension_metrics(logps, logps, PAIR_EXAMPLE["target_probs"], 0.1)
+    metrics = per_dimension_metrics(ListwiseInputs.build(logps, logps, PAIR_EXAMPLE["target_probs"], None, 0.1))
     assert metrics["accuracy"].tolist() == [0.0] and metrics["margin"].tolist() == [0.0]
     assert metrics["count"].tolist() == [3.0]
 
@@ -515,7 +514,7 @@ def test_metrics_count_reward_ties_as_wrong():
 def test_metrics_are_detached():
     policy = PAIR_EXAMPLE["policy_logps"].clone().requires_grad_()
     metrics = per_dimension_metrics(
-        policy, PAIR_EXAMPLE["reference_logps"], PAIR_EXAMPLE["target_probs"], 1.0
+        ListwiseInputs.build(policy, PAIR_EXAMPLE["reference_logps"], PAIR_EXAMPLE["target_probs"], None, 1.0)
     )
     assert not any(value.requires_grad for value in metrics.values())
 
@@ -556,7 +555,7 @@ def test_target_nll_hand_computed_with_padding_and_empty_target():
     lambdas = t([0.5, 0.5], [0.5, 0.5])
     mask = torch.tensor([[True, True, True], [True, True, False]])
     token_logps.requires_grad_(True)
-    loss = target_nll_loss(token_logps, targets, lambdas, response_mask=mask)
+    loss = target_nll_loss(token_logps, mix_targets(targets, lambdas, targets.sum(-1) > 0), response_mask=mask)
     assert loss.tolist() == pytest.approx([0.375 * 1 + 0.375 * 2 + 0.25 * 4, 0.0])
     loss.sum().backward()
     assert token_logps.grad.flatten().tolist() == pytest.approx([-0.375, -0.375, -0.25, 0.0, 0.0, 0.0])
@@ -569,7 +568,8 @@ def test_target_nll_best_only_weighs_the_tied_best_responses_equally():
     targets = t([[0.75, 0.25, 0.0], [0.0, 0.5, 0.5]], [[0.0, 1.0, 0.0], [0.0, 0.2, 0.8]], [[0.0] * 3, [0.0] * 3])
     lambdas = t([0.5, 0.5], [0.5, 0.5], [0.5, 0.5])
     mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
-    loss = target_nll_loss(token_logps, targets, lambdas, response_mask=mask, best_only=True)
+    mixed = mix_targets(targets, lambdas, targets.sum(-1) > 0)
+    loss = target_nll_loss(token_logps, mixed, response_mask=mask, best_only=True)
     assert loss.tolist() == pytest.approx([1.5, 1.0, 0.0])
 
 
@@ -577,9 +577,29 @@ def test_target_nll_k2_one_hot_is_the_chosen_nll_in_both_forms():
     token_logps = t([-0.7, -2.5])
     targets, lambdas = t([[1.0, 0.0]]), t([1.0])
     for best_only in (False, True):
-        assert target_nll_loss(token_logps, targets, lambdas, best_only=best_only).item() == pytest.approx(0.7)
+        mixed = mix_targets(targets, lambdas)
+        assert target_nll_loss(token_logps, mixed, best_only=best_only).item() == pytest.approx(0.7)
 
 
 def test_target_nll_rejects_a_wrong_shape():
     with pytest.raises(ValueError, match="policy_token_logps must be"):
-        target_nll_loss(torch.zeros(3), torch.zeros(1, 1, 3), torch.ones(1, 1))
+        target_nll_loss(torch.zeros(3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"mixed_target has shape \(1, 2\)"):
+        target_nll_loss(torch.zeros(1, 3), torch.zeros(1, 2))
+
+
+def test_objectives_on_built_inputs_equal_the_public_losses():
+    kwargs = {**PAIR_EXAMPLE, "response_mask": torch.ones(1, 3, dtype=torch.bool)}
+    assert set(OBJECTIVES) == set(LOSSES)
+    inputs = ListwiseInputs.build(**kwargs)
+    for name, objective in OBJECTIVES.items():
+        torch.testing.assert_close(objective(inputs), LOSSES[name](**kwargs), rtol=0, atol=0, msg=name)
+    assert inputs.has_signal.tolist() == [True]
+    assert listwise_loss.__name__ == "listwise_loss" and "L_λ = − Σ_i q_i" in listwise_loss.__doc__
+
+
+def test_an_objective_on_inputs_built_without_lambda_says_so():
+    inputs = ListwiseInputs.build(**{**PAIR_EXAMPLE, "lambdas": None})
+    assert inputs.mixed_target is None
+    with pytest.raises(ValueError, match="listwise needs λ"):
+        OBJECTIVES["listwise"](inputs)

@@ -257,7 +257,7 @@ def test_learns_on_helpsteer2_and_saved_model_steers(tmp_path, tokenizer):
 @pytest.mark.parametrize(("reduction", "loss"), [("sum", "listwise"), ("mean", "listwise"), ("sum", "dpo")])
 def test_nll_weight_adds_the_target_weighted_per_token_nll(tmp_path, tokenizer, reduction, loss):
     from lambda_dpo.losses import target_nll_loss
-    from lambda_dpo.targets import target_probs_from_scores
+    from lambda_dpo.targets import mix_targets, target_probs_from_scores
 
     data = load_listwise(str(write_records(tmp_path / "d.jsonl", n=4, k=4)))
     policy, reference = tiny_llama(len(tokenizer), seed=0), tiny_llama(len(tokenizer), seed=1)
@@ -276,10 +276,27 @@ def test_nll_weight_adds_the_target_weighted_per_token_nll(tmp_path, tokenizer, 
     lengths = torch.tensor([[len(r) for r in rs] for rs in batch["response_input_ids"]], dtype=flat.dtype)
     per_token = flat / lengths if reduction == "sum" else flat
     targets, dimension_mask = target_probs_from_scores(batch["scores"], 1.0, batch["response_mask"])
-    nll = target_nll_loss(per_token, targets, lambdas, batch["response_mask"], dimension_mask,
-                          best_only=loss == "dpo").mean()
+    mixed = mix_targets(targets, lambdas, dimension_mask)
+    nll = target_nll_loss(per_token, mixed, batch["response_mask"], best_only=loss == "dpo").mean()
     assert nll > 0
     assert (losses[2.0] - losses[0.0]).item() == pytest.approx(2.0 * nll.item(), rel=1e-4)
+
+
+def test_a_step_mixes_the_targets_once(tmp_path, tokenizer, monkeypatch):
+    """The loss, the NLL anchor and the metrics read one ListwiseInputs: λ mixes the targets once per step."""
+    import lambda_dpo.losses as losses
+    import lambda_dpo.targets as targets
+
+    calls = []
+    monkeypatch.setattr(losses, "mix_targets", lambda *a, **kw: calls.append(1) or targets.mix_targets(*a, **kw))
+    data = load_listwise(str(write_records(tmp_path / "d.jsonl", n=4, k=4)))
+    policy = tiny_llama(len(tokenizer), seed=0)
+    args = config(tmp_path, nll_weight=1.0, loss="listwise")
+    trainer = LambdaDPOTrainer(policy, args, train_dataset=data, processing_class=tokenizer,
+                               ref_model=tiny_llama(len(tokenizer), seed=1))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.lambda_loss(policy, batch, torch.full((4, 4), 0.25), grad=False)
+    assert len(calls) == 1
 
 
 def test_nll_weight_must_not_be_negative(tmp_path):

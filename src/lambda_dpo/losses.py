@@ -1,8 +1,11 @@
 """λ-weighted listwise DPO and its baselines as pure functions (docs/spec.md §1, §3).
 
-Every loss takes per-response sequence log-probabilities of the policy and of the reference, the per-dimension
-target distributions and the λ weights of each prompt, and returns the per-prompt loss ``[B]`` (the caller
-reduces). Shapes, for B prompts, k response slots and m preference dimensions:
+Every loss is written once, on :class:`ListwiseInputs`: the rewards, the λ-mixed target and the masks of one
+batch, validated and computed once (the trainer builds them once per step and hands the same object to the loss,
+the NLL anchor and the metrics). ``LOSSES`` holds the public functions with the stable tensor signature of
+docs/spec.md §5, ``listwise_loss(policy_logps, reference_logps, target_probs, lambdas, beta, response_mask=None,
+dimension_mask=None) -> [B]``, each a thin wrapper that builds the inputs and calls its objective. Shapes, for B
+prompts, k response slots and m preference dimensions:
 
     policy_logps, reference_logps   [B, k]      ℓ_θ(y_i | x, λ), ℓ_ref(y_i | x)
     target_probs                    [B, m, k]   p*[d] (see :mod:`lambda_dpo.targets`)
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,59 +39,90 @@ TIE_TOLERANCE = 1e-6
 PAIR_WEIGHTINGS = ("data", "gap", "uniform")
 
 
-def _prepare(
-    name: str,
-    policy_logps: torch.Tensor,
-    reference_logps: torch.Tensor,
-    target_probs: torch.Tensor,
-    lambdas: torch.Tensor | None,
-    beta: float,
-    response_mask: torch.Tensor | None,
-    dimension_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Validate shapes; return ``(rewards [B, k], mixed_target [B, k] or None, response_mask, dimension_mask)``.
-
-    ``mixed_target`` is None when ``lambdas`` is None (per-dimension metrics need no mix).
-    """
+def _check_shapes(caller: str, policy_logps: torch.Tensor, first: str = "policy_logps",
+                  **tensors: torch.Tensor | None) -> None:
+    """Raise one error naming the argument whose shape does not match ``policy_logps [B, k]`` (named ``first``)."""
     if policy_logps.dim() != 2:
         raise ValueError(
-            f"{name}: policy_logps must be [B, k] (prompts × responses), got shape {tuple(policy_logps.shape)}"
+            f"{caller}: {first} must be [B, k] (prompts × responses), got shape {tuple(policy_logps.shape)}"
         )
     batch, k = policy_logps.shape
+    target_probs = tensors.get("target_probs")
     # m stays open (None) when target_probs itself is malformed; that error is then the one reported.
-    m = target_probs.shape[1] if target_probs.dim() == 3 else None
-    expected = {
-        "reference_logps": (reference_logps, (batch, k)),
-        "response_mask": (response_mask, (batch, k)),
-        "target_probs": (target_probs, (batch, None, k)),
-        "dimension_mask": (dimension_mask, (batch, m)),
-        "lambdas": (lambdas, (batch, m)),
-    }
-    for arg, (tensor, shape) in expected.items():
+    m = target_probs.shape[1] if target_probs is not None and target_probs.dim() == 3 else None
+    expected = {"reference_logps": (batch, k), "response_mask": (batch, k), "target_probs": (batch, None, k),
+                "dimension_mask": (batch, m), "lambdas": (batch, m), "mixed_target": (batch, k)}
+    for arg, tensor in tensors.items():
         if tensor is None:
             continue
+        shape = expected[arg]
         ok = tensor.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, tensor.shape))
         if not ok:
             want = "[" + ", ".join("m" if s is None else str(s) for s in shape) + "]"
             raise ValueError(
-                f"{name}: {arg} has shape {tuple(tensor.shape)}, expected {want} to match policy_logps "
+                f"{caller}: {arg} has shape {tuple(tensor.shape)}, expected {want} to match {first} "
                 f"{tuple(policy_logps.shape)} (B={batch} prompts, k={k} response slots); "
                 "targets are [B, m, k] and λ / dimension masks [B, m]"
             )
-    if not beta > 0:
-        raise ValueError(f"{name}: beta must be > 0 (0.1 is typical), got {beta}")
 
-    real = torch.ones_like(policy_logps, dtype=torch.bool) if response_mask is None else response_mask.bool()
-    if dimension_mask is None:
-        dimension_mask = target_probs.sum(-1) > 0
-    dimension_mask = dimension_mask.bool()
-    zero = torch.zeros((), dtype=policy_logps.dtype, device=policy_logps.device)
-    rewards = torch.where(real, beta * (policy_logps - reference_logps), zero)
-    mixed = None
-    if lambdas is not None:
-        mixed = mix_targets(target_probs, lambdas.to(target_probs.dtype), dimension_mask)
-        mixed = torch.where(real, mixed, torch.zeros_like(mixed))
-    return rewards, mixed, real, dimension_mask
+
+@dataclass(frozen=True)
+class ListwiseInputs:
+    """What every objective reads, for one batch; build it with :meth:`build`.
+
+    Attributes:
+        rewards: ``[B, k]`` implicit rewards β(ℓ_θ − ℓ_ref); 0 at padding slots.
+        mixed_target: ``[B, k]`` the λ-mixed target q; 0 at padding slots. None when built without λ
+            (:func:`per_dimension_metrics` needs no mix).
+        target_probs: ``[B, m, k]`` the per-dimension targets p*[d], as given.
+        response_mask: bool ``[B, k]``, True = a real response.
+        dimension_mask: bool ``[B, m]``, True = the dimension has signal for that prompt.
+    """
+
+    rewards: torch.Tensor
+    mixed_target: torch.Tensor | None
+    target_probs: torch.Tensor
+    response_mask: torch.Tensor
+    dimension_mask: torch.Tensor
+
+    @classmethod
+    def build(
+        cls,
+        policy_logps: torch.Tensor,
+        reference_logps: torch.Tensor,
+        target_probs: torch.Tensor,
+        lambdas: torch.Tensor | None,
+        beta: float,
+        response_mask: torch.Tensor | None = None,
+        dimension_mask: torch.Tensor | None = None,
+        caller: str = "ListwiseInputs",
+    ) -> ListwiseInputs:
+        """Validate the shapes (errors name ``caller`` and the argument) and compute rewards and the mixed target
+        once. Arguments as in the module docstring; ``lambdas=None`` leaves ``mixed_target`` None."""
+        _check_shapes(caller, policy_logps, reference_logps=reference_logps, response_mask=response_mask,
+                      target_probs=target_probs, dimension_mask=dimension_mask, lambdas=lambdas)
+        if not beta > 0:
+            raise ValueError(f"{caller}: beta must be > 0 (0.1 is typical), got {beta}")
+        real = torch.ones_like(policy_logps, dtype=torch.bool) if response_mask is None else response_mask.bool()
+        dimension_mask = (target_probs.sum(-1) > 0) if dimension_mask is None else dimension_mask.bool()
+        zero = torch.zeros((), dtype=policy_logps.dtype, device=policy_logps.device)
+        rewards = torch.where(real, beta * (policy_logps - reference_logps), zero)
+        mixed = None
+        if lambdas is not None:
+            mixed = mix_targets(target_probs, lambdas.to(target_probs.dtype), dimension_mask)
+            mixed = torch.where(real, mixed, torch.zeros_like(mixed))
+        return cls(rewards, mixed, target_probs, real, dimension_mask)
+
+    @property
+    def has_signal(self) -> torch.Tensor:
+        """bool ``[B]``: the prompts whose mixed target has mass (the others have loss 0)."""
+        return self.mixed("has_signal").sum(-1) > 0
+
+    def mixed(self, objective: str) -> torch.Tensor:
+        """``mixed_target``, or an error naming ``objective`` when the inputs were built without λ."""
+        if self.mixed_target is None:
+            raise ValueError(f"{objective} needs λ: build its ListwiseInputs with lambdas")
+        return self.mixed_target
 
 
 def _masked_log_softmax(rewards: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -119,107 +154,46 @@ def _weighted_pair_loss(rewards: torch.Tensor, pair_weights: torch.Tensor) -> to
     return weighted.sum((-2, -1)) / total_weight.clamp_min(torch.finfo(total_weight.dtype).tiny)
 
 
-def listwise_loss(
-    policy_logps: torch.Tensor,
-    reference_logps: torch.Tensor,
-    target_probs: torch.Tensor,
-    lambdas: torch.Tensor,
-    beta: float,
-    response_mask: torch.Tensor | None = None,
-    dimension_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """λ-weighted listwise DPO loss (docs/spec.md §1; arXiv:2506.19780, eq. "Lambda-weighted Listwise DPO").
-
-        L_λ = − Σ_i q_i · log softmax(r)_i,   q = Σ_d λ'_d p*[d],   r_i = β (ℓ_θ(y_i) − ℓ_ref(y_i))
-
-    = ``Σ_d λ'_d L_d``. The softmax runs over the real responses of each prompt, including unscored ones (target 0).
-    With k = 2 and a one-hot target this is DPO's ``−log σ(r_1 − r_2)``. Shapes: see the module docstring.
-
-    Returns:
-        ``[B]`` per-prompt loss; 0 (and no gradient) for a prompt whose mixed target is all zero.
-    """
-    rewards, mixed, real, _ = _prepare(
-        "listwise_loss",
-        policy_logps,
-        reference_logps,
-        target_probs,
-        lambdas,
-        beta,
-        response_mask,
-        dimension_mask,
-    )
-    return -(mixed * _masked_log_softmax(rewards, real)).sum(-1)
-
-
-def dpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """DPO sigmoid loss (Rafailov et al. 2023, eq. 7), all arguments ``[B]``:
-
-        L = −log σ(β ((ℓ_θ(y_c) − ℓ_ref(y_c)) − (ℓ_θ(y_r) − ℓ_ref(y_r))))
-
-    Returns ``[B]``; uses ``logsigmoid`` so large margins neither overflow nor underflow.
-    """
-    if not beta > 0:
-        raise ValueError(f"dpo_loss: beta must be > 0 (0.1 is typical), got {beta}")
-    chosen = policy_chosen_logps - reference_chosen_logps
-    rejected = policy_rejected_logps - reference_rejected_logps
-    return -F.logsigmoid(beta * (chosen - rejected))
-
-
 def _tied_top(mixed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """``[B, k]`` bool: the real responses within ``TIE_TOLERANCE`` of the highest mixed target of their list."""
     top = mixed.masked_fill(~real, -math.inf).amax(-1, keepdim=True)
     return real & (mixed >= top - TIE_TOLERANCE)
 
 
-def best_worst_dpo_loss(
-    policy_logps: torch.Tensor,
-    reference_logps: torch.Tensor,
-    target_probs: torch.Tensor,
-    lambdas: torch.Tensor,
-    beta: float,
-    response_mask: torch.Tensor | None = None,
-    dimension_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The ``dpo`` baseline of docs/spec.md §1: :func:`dpo_loss` on the best vs the worst real response under the mixed target.
+# ------------------------------------------------------------------------ the objectives, on ListwiseInputs
+
+
+def listwise(inputs: ListwiseInputs) -> torch.Tensor:
+    """λ-weighted listwise DPO loss (docs/spec.md §1; arXiv:2506.19780, eq. "Lambda-weighted Listwise DPO").
+
+        L_λ = − Σ_i q_i · log softmax(r)_i,   q = Σ_d λ'_d p*[d],   r_i = β (ℓ_θ(y_i) − ℓ_ref(y_i))
+
+    = ``Σ_d λ'_d L_d``. The softmax runs over the real responses of each prompt, including unscored ones (target 0).
+    With k = 2 and a one-hot target this is DPO's ``−log σ(r_1 − r_2)``.
+
+    Returns:
+        ``[B]`` per-prompt loss; 0 (and no gradient) for a prompt whose mixed target is all zero.
+    """
+    return -(inputs.mixed("listwise") * _masked_log_softmax(inputs.rewards, inputs.response_mask)).sum(-1)
+
+
+def best_worst_dpo(inputs: ListwiseInputs) -> torch.Tensor:
+    """The ``dpo`` baseline of docs/spec.md §1: :func:`dpo_loss` on the best vs the worst real response under the
+    mixed target.
 
         L = −log σ(r_best − r_worst),   best = argmax_i q_i,  worst = argmin_i q_i  (over real responses)
 
     Ties: when several responses share the top (or bottom) mixed target, the loss is the mean of the DPO loss
     over every (tied best, tied worst) pair, so it does not depend on the input order of tied responses.
-    Shapes: see the module docstring. Returns ``[B]``; 0 where every real response is tied (no preference).
+    Returns ``[B]``; 0 where every real response is tied (no preference).
     """
-    rewards, mixed, real, _ = _prepare(
-        "best_worst_dpo_loss",
-        policy_logps,
-        reference_logps,
-        target_probs,
-        lambdas,
-        beta,
-        response_mask,
-        dimension_mask,
-    )
+    mixed, real = inputs.mixed("best_worst_dpo"), inputs.response_mask
     is_best, is_worst = _tied_top(mixed, real), _tied_top(-mixed, real)
     pairs = _preference_pairs(mixed, real) & is_best.unsqueeze(-1) & is_worst.unsqueeze(-2)
-    return _weighted_pair_loss(rewards, pairs.to(rewards.dtype))
+    return _weighted_pair_loss(inputs.rewards, pairs.to(inputs.rewards.dtype))
 
 
-def pairwise_loss(
-    policy_logps: torch.Tensor,
-    reference_logps: torch.Tensor,
-    target_probs: torch.Tensor,
-    lambdas: torch.Tensor,
-    beta: float,
-    response_mask: torch.Tensor | None = None,
-    dimension_mask: torch.Tensor | None = None,
-    pair_weights: torch.Tensor | None = None,
-    weighting: str = "gap",
-) -> torch.Tensor:
+def pairwise(inputs: ListwiseInputs, pair_weights: torch.Tensor | None = None, weighting: str = "gap") -> torch.Tensor:
     """Confidence-weighted pairwise DPO over all ordered pairs i ≻ j (q_i > q_j) of each list:
 
         L = Σ_{i≻j} w_ij · (−log σ(r_i − r_j)) / Σ_{i≻j} w_ij
@@ -230,7 +204,6 @@ def pairwise_loss(
         weighting: ``"data"`` (``pair_weights``), ``"gap"`` (``w_ij = (q_i − q_j) / max_{i≻j}(q_i − q_j)``:
             the widest gap of a prompt weighs 1; the scale cancels in the ratio, it only keeps w in [0, 1]),
             or ``"uniform"`` (w = 1).
-        Other shapes: see the module docstring.
 
     Returns:
         ``[B]``; with k = 2, a one-hot target and any weighting this is :func:`dpo_loss`. 0 where no pair exists.
@@ -242,17 +215,8 @@ def pairwise_loss(
             "pairwise_loss: pair_weights and weighting='data' go together; got "
             f"weighting={weighting!r} with pair_weights {'given' if pair_weights is not None else 'missing'}"
         )
-    rewards, mixed, real, _ = _prepare(
-        "pairwise_loss",
-        policy_logps,
-        reference_logps,
-        target_probs,
-        lambdas,
-        beta,
-        response_mask,
-        dimension_mask,
-    )
-    pairs = _preference_pairs(mixed, real)
+    rewards, mixed = inputs.rewards, inputs.mixed("pairwise")
+    pairs = _preference_pairs(mixed, inputs.response_mask)
     if weighting == "uniform":
         weights = pairs.to(rewards.dtype)
     elif weighting == "gap":
@@ -276,15 +240,7 @@ def pairwise_loss(
     return _weighted_pair_loss(rewards, weights)
 
 
-def plackett_luce_loss(
-    policy_logps: torch.Tensor,
-    reference_logps: torch.Tensor,
-    target_probs: torch.Tensor,
-    lambdas: torch.Tensor,
-    beta: float,
-    response_mask: torch.Tensor | None = None,
-    dimension_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def plackett_luce(inputs: ListwiseInputs) -> torch.Tensor:
     """Negative log Plackett–Luce likelihood of the ranking by descending mixed target q (DPO-PL, Rafailov
     et al. 2023, App. A.3):
 
@@ -294,20 +250,10 @@ def plackett_luce_loss(
     not ranked strictly above it, the other tied members included. The result does not depend on the input order
     of tied responses, and reduces to exact Plackett–Luce for a strict order. The bottom group (nothing ranked below
     it) contributes nothing, just as the last position of a strict ranking contributes log 1 = 0; so k = 2 with a
-    strict order is :func:`dpo_loss`, and a prompt whose real responses all tie has loss 0.
-    Shapes: see the module docstring. Returns ``[B]``.
+    strict order is :func:`dpo_loss`, and a prompt whose real responses all tie has loss 0. Returns ``[B]``.
     """
-    rewards, mixed, real, _ = _prepare(
-        "plackett_luce_loss",
-        policy_logps,
-        reference_logps,
-        target_probs,
-        lambdas,
-        beta,
-        response_mask,
-        dimension_mask,
-    )
-    pairs = _preference_pairs(mixed, real)
+    rewards, real = inputs.rewards, inputs.response_mask
+    pairs = _preference_pairs(inputs.mixed("plackett_luce"), real)
     ranked_above_some = pairs.any(-1)
     not_strictly_above = real.unsqueeze(-1) & real.unsqueeze(-2) & ~pairs.transpose(-2, -1)
     # The diagonal keeps every row's logsumexp finite (padding rows included); those rows are masked out below.
@@ -317,46 +263,49 @@ def plackett_luce_loss(
     return -stage_log_probs.sum(-1)
 
 
+Objective = Callable[..., torch.Tensor]
+OBJECTIVES: dict[str, Objective] = {
+    "listwise": listwise,
+    "dpo": best_worst_dpo,
+    "pairwise": pairwise,
+    "plackett_luce": plackett_luce,
+}
+
+
+# ------------------------------------------------------------------- the public tensor signature (spec §5)
+
 LossFn = Callable[..., torch.Tensor]
-def target_nll_loss(
-    policy_token_logps: torch.Tensor,
-    target_probs: torch.Tensor,
-    lambdas: torch.Tensor,
-    response_mask: torch.Tensor | None = None,
-    dimension_mask: torch.Tensor | None = None,
-    best_only: bool = False,
-) -> torch.Tensor:
-    """Target-weighted negative log-likelihood, the optional anchor added to any loss as ``nll_weight · L_nll``:
-
-        L_nll = − Σ_i q_i · ℓ̄_θ(y_i | x, λ),   q = Σ_d λ'_d p*[d]
-
-    with ``policy_token_logps [B, k]`` the policy's *mean per-token* log-probability of each response
-    (ℓ̄ = ℓ / |y|). It is the listwise form of RPO's NLL term (Pang et al. 2024, TRL's ``rpo_alpha``), which puts
-    weight on the chosen response: here every response is weighted by how much λ's mixed target prefers it. Why: the
-    preference losses see only *differences* of log-ratios, so they can lower every response's likelihood at once and
-    push probability mass onto text that is in none of the lists; this term keeps the policy's mass on the
-    responses λ prefers. Per-token, so long and short responses weigh by their target alone.
-
-    ``best_only=True`` is RPO's own term for the pairwise ``dpo`` baseline, which sees only the best and the worst
-    response: L_nll = −mean over the tied best responses (argmax_i q_i) of ℓ̄_θ, so that the baseline's anchor does not
-    hand it the ranking of the middle responses that its loss ignores. With k = 2 and a one-hot target both forms
-    are the NLL of the chosen response.
-
-    Returns ``[B]``; 0 for a prompt whose mixed target is all zero. Padding slots contribute nothing.
-    """
-    if policy_token_logps.dim() != 2:
-        raise ValueError(
-            f"target_nll_loss: policy_token_logps must be [B, k], got shape {tuple(policy_token_logps.shape)}"
-        )
-    _, mixed, real, _ = _prepare("target_nll_loss", policy_token_logps, torch.zeros_like(policy_token_logps),
-                                 target_probs, lambdas, 1.0, response_mask, dimension_mask)
-    if best_only:
-        is_best = _tied_top(mixed, real) & (mixed > 0)
-        mixed = is_best.to(mixed.dtype) / is_best.sum(-1, keepdim=True).clamp_min(1)
-    zero = torch.zeros((), dtype=policy_token_logps.dtype, device=policy_token_logps.device)
-    return -(mixed * torch.where(real, policy_token_logps, zero)).sum(-1)
 
 
+def _with_tensor_signature(objective: Objective, name: str) -> LossFn:
+    """``objective`` behind the stable signature of docs/spec.md §5: build the inputs, then call it (loss-specific
+    options, such as ``pairwise``'s ``weighting``, pass through as keywords)."""
+
+    def loss(
+        policy_logps: torch.Tensor,
+        reference_logps: torch.Tensor,
+        target_probs: torch.Tensor,
+        lambdas: torch.Tensor,
+        beta: float,
+        response_mask: torch.Tensor | None = None,
+        dimension_mask: torch.Tensor | None = None,
+        **options,
+    ) -> torch.Tensor:
+        inputs = ListwiseInputs.build(policy_logps, reference_logps, target_probs, lambdas, beta, response_mask,
+                                      dimension_mask, caller=name)
+        return objective(inputs, **options)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = (f"{name}(policy_logps, reference_logps, target_probs, lambdas, beta, response_mask=None, "
+                    f"dimension_mask=None, **options) -> [B]: :func:`{objective.__name__}` on the inputs these "
+                    f"tensors give (shapes: the module docstring).\n\n{objective.__doc__}")
+    return loss
+
+
+listwise_loss = _with_tensor_signature(listwise, "listwise_loss")
+best_worst_dpo_loss = _with_tensor_signature(best_worst_dpo, "best_worst_dpo_loss")
+pairwise_loss = _with_tensor_signature(pairwise, "pairwise_loss")
+plackett_luce_loss = _with_tensor_signature(plackett_luce, "plackett_luce_loss")
 LOSSES: dict[str, LossFn] = {
     "listwise": listwise_loss,
     "dpo": best_worst_dpo_loss,
@@ -365,15 +314,66 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-@torch.no_grad()
-def per_dimension_metrics(
-    policy_logps: torch.Tensor,
-    reference_logps: torch.Tensor,
-    target_probs: torch.Tensor,
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
     beta: float,
+) -> torch.Tensor:
+    """DPO sigmoid loss (Rafailov et al. 2023, eq. 7), all arguments ``[B]``:
+
+        L = −log σ(β ((ℓ_θ(y_c) − ℓ_ref(y_c)) − (ℓ_θ(y_r) − ℓ_ref(y_r))))
+
+    Returns ``[B]``; uses ``logsigmoid`` so large margins neither overflow nor underflow.
+    """
+    if not beta > 0:
+        raise ValueError(f"dpo_loss: beta must be > 0 (0.1 is typical), got {beta}")
+    chosen = policy_chosen_logps - reference_chosen_logps
+    rejected = policy_rejected_logps - reference_rejected_logps
+    return -F.logsigmoid(beta * (chosen - rejected))
+
+
+# ------------------------------------------------------------------------------- anchor and metrics
+
+
+def target_nll_loss(
+    policy_token_logps: torch.Tensor,
+    mixed_target: torch.Tensor,
     response_mask: torch.Tensor | None = None,
-    dimension_mask: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
+    best_only: bool = False,
+) -> torch.Tensor:
+    """Target-weighted negative log-likelihood, the optional anchor added to any loss as ``nll_weight · L_nll``:
+
+        L_nll = − Σ_i q_i · ℓ̄_θ(y_i | x, λ),   q = Σ_d λ'_d p*[d]  (``ListwiseInputs.mixed_target``)
+
+    with ``policy_token_logps [B, k]`` the policy's *mean per-token* log-probability of each response
+    (ℓ̄ = ℓ / |y|) and ``mixed_target [B, k]`` (0 at padding). It is the listwise form of RPO's NLL term (Pang et al.
+    2024, TRL's ``rpo_alpha``), which puts weight on the chosen response: here every response is weighted by how
+    much λ's mixed target prefers it. Why: the preference losses see only *differences* of log-ratios, so they can
+    lower every response's likelihood at once and push probability mass onto text that is in none of the lists;
+    this term keeps the policy's mass on the responses λ prefers. Per-token, so long and short responses weigh by
+    their target alone.
+
+    ``best_only=True`` is RPO's own term for the pairwise ``dpo`` baseline, which sees only the best and the worst
+    response: L_nll = −mean over the tied best responses (argmax_i q_i) of ℓ̄_θ, so that the baseline's anchor does not
+    hand it the ranking of the middle responses that its loss ignores. With k = 2 and a one-hot target both forms
+    are the NLL of the chosen response.
+
+    Returns ``[B]``; 0 for a prompt whose mixed target is all zero. Padding slots contribute nothing.
+    """
+    _check_shapes("target_nll_loss", policy_token_logps, "policy_token_logps", mixed_target=mixed_target, response_mask=response_mask)
+    real = torch.ones_like(policy_token_logps, dtype=torch.bool) if response_mask is None else response_mask.bool()
+    mixed = torch.where(real, mixed_target, torch.zeros_like(mixed_target))
+    if best_only:
+        is_best = _tied_top(mixed, real) & (mixed > 0)
+        mixed = is_best.to(mixed.dtype) / is_best.sum(-1, keepdim=True).clamp_min(1)
+    zero = torch.zeros((), dtype=policy_token_logps.dtype, device=policy_token_logps.device)
+    return -(mixed * torch.where(real, policy_token_logps, zero)).sum(-1)
+
+
+@torch.no_grad()
+def per_dimension_metrics(inputs: ListwiseInputs) -> dict[str, torch.Tensor]:
     """Per-dimension training signals of the implicit reward, each a detached ``[m]`` tensor.
 
     - ``"loss"``: the single-dimension listwise loss ``L_d = −Σ_i p*[d]_i log softmax(r)_i``, mean over the
@@ -383,19 +383,10 @@ def per_dimension_metrics(
       ``"count"``: that number of pairs.
 
     Means come with counts so batches aggregate exactly: ``Σ mean·count / Σ count`` (skip entries with count 0).
-    Means are NaN where a dimension has no signal in the batch (count 0). Shapes: see the module docstring.
+    Means are NaN where a dimension has no signal in the batch (count 0). λ is not used (``mixed_target`` may be None).
     """
-    rewards, _, real, dimension_mask = _prepare(
-        "per_dimension_metrics",
-        policy_logps,
-        reference_logps,
-        target_probs,
-        None,
-        beta,
-        response_mask,
-        dimension_mask,
-    )
-    targets = torch.where(real.unsqueeze(-2), target_probs, torch.zeros_like(target_probs))
+    rewards, real, dimension_mask = inputs.rewards, inputs.response_mask, inputs.dimension_mask
+    targets = torch.where(real.unsqueeze(-2), inputs.target_probs, torch.zeros_like(inputs.target_probs))
     log_probs = _masked_log_softmax(rewards, real).unsqueeze(-2)  # [B, 1, k]
     per_prompt_loss = -(targets * log_probs).sum(-1)  # [B, m]
     used = dimension_mask.to(rewards.dtype)

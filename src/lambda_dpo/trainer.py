@@ -55,7 +55,7 @@ from lambda_dpo.lambda_adapters import (
 from lambda_dpo.lambda_adapters import ATTRIBUTE as ADAPTER_ATTRIBUTE
 from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
-from lambda_dpo.losses import LOSSES, per_dimension_metrics, target_nll_loss
+from lambda_dpo.losses import OBJECTIVES, ListwiseInputs, per_dimension_metrics, target_nll_loss
 from lambda_dpo.model_dir import load_pretrained, write_metadata
 from lambda_dpo.prefix_sharing import (
     shared_and_plain_tokens,
@@ -64,7 +64,7 @@ from lambda_dpo.prefix_sharing import (
     sharing_works,
 )
 from lambda_dpo.reliance import target_cross_entropy
-from lambda_dpo.targets import mix_targets, score_ranges, target_probs_from_scores
+from lambda_dpo.targets import score_ranges, target_probs_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -349,21 +349,20 @@ class LambdaDPOTrainer(Trainer):
             adapter_lambdas)
         reference = self._reference_logps(inputs, response_mask)
         target_probs, dimension_mask = self._targets(inputs)
-        loss_kwargs = {"weighting": self.args.pairwise_weighting} if self.args.loss == "pairwise" else {}
-        per_prompt = LOSSES[self.args.loss](policy, reference, target_probs, lambdas, self.args.beta,
-                                            response_mask=response_mask, dimension_mask=dimension_mask, **loss_kwargs)
-        has_signal = mix_targets(target_probs, lambdas, dimension_mask).sum(-1) > 0
+        objective = ListwiseInputs.build(policy, reference, target_probs, lambdas, self.args.beta, response_mask,
+                                         dimension_mask, caller=f"loss {self.args.loss!r}")
+        options = {"weighting": self.args.pairwise_weighting} if self.args.loss == "pairwise" else {}
+        per_prompt = OBJECTIVES[self.args.loss](objective, **options)
         if self.args.nll_weight > 0:
             token_logps = policy  # the NLL anchor is per token: a summed log-prob is divided by its length
             if self.args.logprob_reduction == "sum":
                 token_logps = policy / inputs["response_lengths"].to(policy.device, policy.dtype).clamp_min(1)
             per_prompt = per_prompt + self.args.nll_weight * target_nll_loss(
-                token_logps, target_probs, lambdas, response_mask=response_mask, dimension_mask=dimension_mask,
-                best_only=self.args.loss == "dpo")
+                token_logps, objective.mixed_target, response_mask, best_only=self.args.loss == "dpo")
+        has_signal = objective.has_signal
         loss = per_prompt.sum() / has_signal.sum().clamp_min(1)
         with torch.no_grad():
-            metrics = per_dimension_metrics(policy, reference, target_probs, self.args.beta,
-                                            response_mask=response_mask, dimension_mask=dimension_mask)
+            metrics = per_dimension_metrics(objective)
             rows = ("loss", "prompt_count", "accuracy", "count", "margin")
             packed = torch.stack([metrics[key].float() for key in rows] + [lambdas.float().mean(0)])  # [6, m]
             kl_proxy = (policy - reference)[response_mask].mean().reshape(1)
