@@ -15,7 +15,7 @@ NAN = math.nan
 
 
 def weak_signals(gap: float = 0.3) -> dict[str, torch.Tensor]:
-    """What trainer.evaluate() passes: per-dimension held-out loss and accuracy, one dimension lagging."""
+    """What ScheduleUpdateCallback passes after trainer.evaluate(): per-dimension held-out loss and accuracy, one dimension lagging."""
     loss = torch.ones(len(DIMS))
     loss[WEAK] += gap
     accuracy = torch.full((len(DIMS),), 0.8)
@@ -248,3 +248,21 @@ def test_bad_signals_raise_actionable_errors(signals, message):
     with pytest.raises(ValueError, match=message):
         schedule.update(1, signals)
     assert schedule.num_updates == 0
+
+
+def test_the_schedule_update_callback_hands_the_eval_metrics_in_dimension_order():
+    from transformers import TrainerControl, TrainerState
+
+    from lambda_dpo.callbacks import ScheduleUpdateCallback
+
+    schedule = make_schedule("learned", DIMS, seed=0)
+    direct = make_schedule("learned", DIMS, seed=0)
+    signals = weak_signals()
+    metrics = {f"eval_{key}/{d}": signals[key][i].item() for key in ("loss", "accuracy") for i, d in enumerate(DIMS)}
+    metrics["eval_loss"] = 1.0
+    state = TrainerState()
+    state.global_step = 7
+    ScheduleUpdateCallback(schedule, DIMS).on_evaluate(None, state, TrainerControl(), metrics=metrics)
+    direct.update(7, signals)
+    torch.testing.assert_close(schedule.logits, direct.logits)
+    assert schedule.last_update_step == 7 and mass_near(schedule, WEAK) > mass_near(make_schedule("learned", DIMS), WEAK)

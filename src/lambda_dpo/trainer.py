@@ -35,7 +35,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lambda_dpo import reliance
 from lambda_dpo.batching import ListwiseCollator, SeededLengthGroupedSampler, padded_length
-from lambda_dpo.callbacks import DivergenceCallback, MetricsFileCallback
+from lambda_dpo.callbacks import (
+    DivergenceCallback,
+    MetricsFileCallback,
+    RelianceWarningCallback,
+    ScheduleUpdateCallback,
+)
 from lambda_dpo.checkpoints import (
     SCHEDULE_STATE_FILE,
     atomic_torch_save,
@@ -119,7 +124,8 @@ class LambdaDPOTrainer(Trainer):
         if args.reference != "none":
             train_dataset, eval_dataset = self._attach_reference(model, ref_model, tokenizer, args,
                                                                  train_dataset, eval_dataset)
-        callbacks = [*(callbacks or []), MetricsFileCallback(), DivergenceCallback()]
+        callbacks = [*(callbacks or []), MetricsFileCallback(), DivergenceCallback(),
+                     ScheduleUpdateCallback(self.schedule, self.dimensions), RelianceWarningCallback()]
         super().__init__(model=model, args=args, data_collator=ListwiseCollator(self.dimensions),
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
                          callbacks=callbacks, **kwargs)
@@ -507,41 +513,14 @@ class LambdaDPOTrainer(Trainer):
                 metrics[f"{metric_key_prefix}_{name}"] = sum(values.values()) / len(values)
         if f"{metric_key_prefix}_logp_shift" in metrics:
             metrics[f"{metric_key_prefix}_lambda_logp_shift"] = metrics.pop(f"{metric_key_prefix}_logp_shift")
-        self._check_reliance(relative)
         accuracies = [v for k, v in metrics.items() if "accuracy/" in k]
         if accuracies:
             metrics[f"{metric_key_prefix}_accuracy_worst"] = min(accuracies)
             metrics[f"{metric_key_prefix}_accuracy_mean"] = sum(accuracies) / len(accuracies)
-        self.schedule.update(self.state.global_step, {
-            key: torch.tensor([metrics.get(f"{metric_key_prefix}_{key}/{d}", math.nan) for d in self.dimensions])
-            for key in ("loss", "accuracy")
-        })
         self.log(metrics)
+        # The learned schedule's update and the λ-reliance warning: ScheduleUpdateCallback, RelianceWarningCallback.
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def _check_reliance(self, relative: dict[str, float]) -> None:
-        """Warn once when a run meant to be steerable still has not learned to use λ for some dimension past
-        `lambda_reliance_check` of its steps: that failure is otherwise invisible until a full controllability
-        evaluation. Per dimension, because a policy can follow λ on one dimension and ignore it on the others."""
-        args = self.args
-        if (not relative or not args.condition_on_lambda or args.lambda_reliance_check <= 0
-                or getattr(self, "_reliance_warned", False) or args.max_steps <= 0
-                or self.state.global_step < args.lambda_reliance_check * args.max_steps):
-            return
-        weak = {d: share for d, share in relative.items() if share < args.lambda_reliance_min}
-        if not weak:
-            return
-        self._reliance_warned = True
-        hints = ("conditioning: lora (λ-mixed adapters: λ changes the weights, not only the prompt)"
-                 if args.conditioning == "text" else "a larger conditioning_rank or learning_rate")
-        logger.warning(
-            "the policy ignores λ for %s: at step %d of %d, telling it λ = that dimension serves it hardly better "
-            "than telling it another one (relative λ-reliance %s < lambda_reliance_min %.3g; 1 = as much as the "
-            "targets depend on λ), so it will not be steerable there. Try %s; a one-hot-heavy schedule (lambda_schedule: unimodal, lambda_schedule_kwargs "
-            "{\"uniform_fraction\": 0.3}); sharper targets (tau_scale: range with a small tau); or more steps",
-            ", ".join(weak), self.state.global_step, args.max_steps,
-            ", ".join(f"{d} {share:.3f}" for d, share in weak.items()), args.lambda_reliance_min, hints)
 
     def _without_repeated_rows(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Blank the scores of the rows accelerate repeated to give every process equally many full batches
