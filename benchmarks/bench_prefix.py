@@ -78,7 +78,11 @@ def worker(spec: dict) -> dict:
         variants = {name: build_variant(name, spec, tokenizer, data, workdir) for name in VARIANTS}
         times = bt.interleaved_times(variants, spec["warmup"], spec["steps"])
         # forwarded positions per step (real + padding) of each layout, from the first batch
-        from lambda_dpo.prefix_sharing import estimated_cost_ratio, shared_and_plain_tokens, sharing_pays
+        from lambda_dpo.logprobs.prefix_sharing import (
+            estimated_cost_ratio,
+            shared_and_plain_tokens,
+            sharing_pays,
+        )
 
         batch, model = variants["u"][1][0], variants["u"][0].model
         layout = (batch["prompt_input_ids"], batch["response_input_ids"])

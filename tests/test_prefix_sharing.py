@@ -11,7 +11,7 @@ from test_trainer import config, write_records
 from lambda_dpo.conditioning import widest_lambda_line
 from lambda_dpo.data import load_listwise
 from lambda_dpo.logprobs import build_sequences, sequence_logps
-from lambda_dpo.prefix_sharing import (
+from lambda_dpo.logprobs.prefix_sharing import (
     build_shared_rows,
     shared_attention_mask,
     shared_prefix_logps,
@@ -87,9 +87,9 @@ def test_rows_masks_and_positions():
 
 
 def test_a_model_whose_attention_takes_no_dense_mask_falls_back_with_a_warning(caplog, monkeypatch):
-    import lambda_dpo.prefix_sharing
+    import lambda_dpo.logprobs.prefix_sharing
 
-    monkeypatch.setattr(lambda_dpo.prefix_sharing, "_WARNED", set())  # warned once per class and process
+    monkeypatch.setattr(lambda_dpo.logprobs.prefix_sharing, "_WARNED", set())  # warned once per class and process
     model = tiny_llama(100).eval()
     model.config._attn_implementation = "flash_attention_2"
     assert not sharing_works(model, *_batch(), 0, "mean")

@@ -1,10 +1,11 @@
-"""One-pass reference log-probs (lambda_dpo.reference): values, sharding, the on-disk cache and its fingerprint."""
+"""One-pass reference log-probs (lambda_dpo.logprobs.reference_cache, .batched): values, sharding, the on-disk cache and its fingerprint."""
 
 from __future__ import annotations
 
 import copy
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lambda_dpo.logprobs import build_sequences, sequence_logps
-from lambda_dpo.reference import (
+from lambda_dpo.logprobs.reference_cache import (
     compute_reference_logps,
     load_or_compute_reference_logps,
     reference_fingerprint,
@@ -107,6 +108,21 @@ def test_shards_interleave_to_the_full_result():
     assert_close_lists(interleaved, full, atol=1e-6)
     with pytest.raises(ValueError, match="shard_index=2 num_shards=2"):
         compute_reference_logps(model, dataset, pad_token_id=0, reduction="mean", shard_index=2, num_shards=2)
+
+
+def test_token_lists_give_the_dataset_pass_and_a_non_finite_value_names_the_row():
+    from lambda_dpo.logprobs.batched import TokenRows, batched_logps
+
+    model, dataset = make_model(), make_dataset()
+    rows = TokenRows(dataset["prompt_input_ids"], dataset["response_input_ids"])
+    kwargs = dict(pad_token_id=0, reduction="sum", batch_size=3, show_progress=False)
+    assert_close_lists(batched_logps(model, rows, **kwargs), batched_logps(model, dataset, **kwargs), atol=1e-6)
+    odd = batched_logps(model, rows, shard_index=1, num_shards=2, **kwargs)
+    assert_close_lists(odd, batched_logps(model, dataset, **kwargs)[1::2], atol=1e-6)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(math.inf)
+    with pytest.raises(ValueError, match="the policy log-prob of dataset row 0, response 0 is nan"):
+        batched_logps(model, rows, what="policy log-prob", **kwargs)
 
 
 def test_second_call_is_a_cache_hit_without_running_the_model(tmp_path):
@@ -224,7 +240,7 @@ def test_corrupt_cache_file_is_never_used(tmp_path, corrupt, caplog):
     expected, _ = load_or_compute_reference_logps(model, dataset, **kwargs)
     (path,) = tmp_path.iterdir()
     path.write_text(corrupt(path.read_text()))
-    with caplog.at_level(logging.WARNING, logger="lambda_dpo.reference"):
+    with caplog.at_level(logging.WARNING, logger="lambda_dpo.logprobs.reference_cache"):
         result, hit = load_or_compute_reference_logps(model, dataset, **kwargs)
     assert not hit and result == expected
     assert "ignoring reference log-prob cache" in caplog.text and path.name in caplog.text
@@ -233,7 +249,7 @@ def test_corrupt_cache_file_is_never_used(tmp_path, corrupt, caplog):
 
 
 def test_interrupted_write_leaves_no_cache_file(tmp_path):
-    from lambda_dpo.reference import _write_cache
+    from lambda_dpo.logprobs.reference_cache import _write_cache
 
     path = tmp_path / "reference_logps-abc.json"
     with pytest.raises(TypeError):  # json.dump fails half-way through, after writing part of the file

@@ -60,14 +60,14 @@ from lambda_dpo.lambda_adapters import (
 from lambda_dpo.lambda_adapters import ATTRIBUTE as ADAPTER_ATTRIBUTE
 from lambda_dpo.lambdas import make_schedule
 from lambda_dpo.logprobs import build_sequences, sequence_logps
-from lambda_dpo.losses import OBJECTIVES, ListwiseInputs, per_dimension_metrics, target_nll_loss
-from lambda_dpo.model_dir import load_pretrained, write_metadata
-from lambda_dpo.prefix_sharing import (
+from lambda_dpo.logprobs.prefix_sharing import (
     shared_and_plain_tokens,
     shared_prefix_logps,
     sharing_pays,
     sharing_works,
 )
+from lambda_dpo.losses import OBJECTIVES, ListwiseInputs, per_dimension_metrics, target_nll_loss
+from lambda_dpo.model_dir import load_pretrained, write_metadata
 from lambda_dpo.reliance import target_cross_entropy
 from lambda_dpo.targets import score_ranges, target_probs_from_scores
 
@@ -171,7 +171,7 @@ class LambdaDPOTrainer(Trainer):
     def _prepare_dataset(self, dataset, tokenizer, args):
         """Tokenise (if needed) and add the `length` column that length-grouped batching sorts by."""
         from lambda_dpo.data import tokenize_listwise
-        from lambda_dpo.reference import sequence_lengths
+        from lambda_dpo.logprobs.batched import sequence_lengths
 
         if dataset is None:
             return None
@@ -197,7 +197,7 @@ class LambdaDPOTrainer(Trainer):
                 "max_prompt_length": args.max_prompt_length}
 
     def _attach_reference(self, model, ref_model, tokenizer, args, train_dataset, eval_dataset):
-        from lambda_dpo.reference import gather_reference_logps, reference_fingerprint
+        from lambda_dpo.logprobs.reference_cache import gather_reference_logps, reference_fingerprint
 
         adapter_disabled = args.reference == "adapter-disabled"
         if adapter_disabled:
@@ -254,7 +254,7 @@ class LambdaDPOTrainer(Trainer):
                         response_mask: torch.Tensor, grad: bool,
                         lambdas: torch.Tensor | None = None) -> tuple[torch.Tensor, int, tuple[int, int]]:
         """Log-probs ``[B, k_max]`` (0 at padding) of the B × k responses, in one forward: B rows with shared prompts
-        (:mod:`lambda_dpo.prefix_sharing`) or B·k sequences; also the tokens the data holds (each response with its
+        (:mod:`lambda_dpo.logprobs.prefix_sharing`) or B·k sequences; also the tokens the data holds (each response with its
         prompt) and ``(real tokens, positions)`` actually forwarded (positions = real + padding).
         ``lambdas [B, m]`` drive the λ-adapters of a ``conditioning: lora`` policy (each response under its
         prompt's λ)."""

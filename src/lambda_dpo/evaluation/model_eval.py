@@ -77,9 +77,9 @@ class EvalModel:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """The model as it is meant to run (adapters off for an adapter-disabled reference)."""
-        from lambda_dpo.reference import _adapters_disabled
+        from lambda_dpo.logprobs.batched import adapters_disabled
 
-        with _adapters_disabled(self.model, self.adapter_disabled):
+        with adapters_disabled(self.model, self.adapter_disabled):
             yield
 
 
@@ -211,22 +211,17 @@ def prompt_ids(model: EvalModel, messages, system: str | None, lambdas: Mapping[
 
 def response_logps(model: EvalModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]],
                    *, batch_size: int = 8, chunk_size: int | None = 128, progress: bool = False) -> list[list[float]]:
-    """Summed log-probs ``[row][j]`` of the responses ``responses[row][j]`` after ``prompts[row]`` (no grad).
-
-    Goes through :func:`lambda_dpo.reference.compute_reference_logps` (length-sorted batches, one forward per
-    sequence, :func:`lambda_dpo.logprobs.sequence_logps`), whatever the model's role.
-    """
-    from datasets import Dataset
-
-    from lambda_dpo.reference import PROMPT_COLUMN, RESPONSES_COLUMN, compute_reference_logps
+    """Summed log-probs ``[row][j]`` of the responses ``responses[row][j]`` after ``prompts[row]`` (no grad), by
+    the pass the reference cache uses, :func:`lambda_dpo.logprobs.batched.batched_logps` (length-sorted batches,
+    one forward per sequence), whatever the model's role."""
+    from lambda_dpo.logprobs.batched import TokenRows, batched_logps
 
     if not prompts:
         return []
-    table = Dataset.from_dict({PROMPT_COLUMN: [list(p) for p in prompts],
-                               RESPONSES_COLUMN: [[list(r) for r in rs] for rs in responses]})
-    return compute_reference_logps(
-        model.model, table, pad_token_id=model.tokenizer.pad_token_id, reduction="sum", batch_size=batch_size,
-        chunk_size=chunk_size, adapter_disabled=model.adapter_disabled, show_progress=progress,
+    return batched_logps(
+        model.model, TokenRows(prompts, responses), pad_token_id=model.tokenizer.pad_token_id, reduction="sum",
+        batch_size=batch_size, chunk_size=chunk_size, adapter_disabled=model.adapter_disabled,
+        show_progress=progress, what=f"{model.label} log-prob",
     )
 
 

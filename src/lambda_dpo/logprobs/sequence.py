@@ -154,7 +154,7 @@ def predicted_logps(
     chunk_size: int | None = 128,
     checkpoint: bool = True,
 ) -> SequenceLogps:
-    """The engine under :func:`sequence_logps` and prefix sharing (:mod:`lambda_dpo.prefix_sharing`): one forward of
+    """The engine under :func:`sequence_logps` and prefix sharing (:mod:`lambda_dpo.logprobs.prefix_sharing`): one forward of
     ``input_ids [N', T]``, then log p(``labels[j]``) read from position ``(rows[j], cols[j])`` (the one that
     predicts it) and summed into sequence ``sequence[j]`` of ``num_tokens.shape[0]``; ``mean`` divides by
     ``num_tokens``. ``attention_mask`` is ``[N', T]``, or a 4-D ``[N', 1, T, T]`` mask together with

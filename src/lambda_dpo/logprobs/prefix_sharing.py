@@ -18,7 +18,7 @@ flex) are not used here. Once per model, a no-grad check compares the shared log
 plain path's; a model whose attention ignores the custom mask falls back, with a one-time warning.
 
 Memory: the mask costs B·L² bytes (bool); the logits are never materialised (the output head runs over chunks of
-the predicting positions, as in :mod:`lambda_dpo.logprobs`).
+the predicting positions, as in :mod:`lambda_dpo.logprobs.sequence`).
 
 When it pays: a dense mask makes a row attend L² pairs, L = P + Σ r, against k·(P + r)² unshared, so sharing wins
 on long prompts and loses on short prompts with many responses in narrow models. ``prefix_sharing: auto`` decides
@@ -34,7 +34,13 @@ from functools import partial
 
 import torch
 
-from lambda_dpo.logprobs import SequenceLogps, build_sequences, predicted_logps, sequence_logps, unwrap_model
+from lambda_dpo.logprobs.sequence import (
+    SequenceLogps,
+    build_sequences,
+    predicted_logps,
+    sequence_logps,
+    unwrap_model,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +33,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import xxhash
-from tqdm.auto import tqdm
 
-from lambda_dpo.logprobs import build_sequences, sequence_logps
+from lambda_dpo.logprobs.batched import (
+    PROMPT_COLUMN,
+    RESPONSES_COLUMN,
+    arrow_batches,
+    batched_logps,
+    select_rows,
+    token_lengths,
+)
 
 logger = logging.getLogger(__name__)
 
-PROMPT_COLUMN = "prompt_input_ids"
-RESPONSES_COLUMN = "response_input_ids"
 CACHE_FORMAT = "lambda-dpo/reference-logps"
 CACHE_VERSION = 1
-_ARROW_BATCH = 10_000
 
 
 def reference_fingerprint(
@@ -89,10 +91,9 @@ def compute_reference_logps(
 ) -> list[list[float]]:
     """ℓ_ref of every response of every row (of this shard): ``result[i][j]`` for row i, response j.
 
-    One pass under ``torch.no_grad`` in eval mode (the model's mode is restored after), sequences sorted by length
-    so each batch of ``batch_size`` sequences carries little padding. With ``cache_dir`` (and ``fingerprint``),
-    goes through :func:`load_or_compute_reference_logps`. ``adapter_disabled=True`` runs the PEFT model with its
-    adapters disabled: the base model as the reference.
+    :func:`lambda_dpo.logprobs.batched.batched_logps` (one no-grad pass, length-sorted batches); with
+    ``cache_dir`` (and ``fingerprint``) through :func:`load_or_compute_reference_logps`. ``adapter_disabled=True``
+    runs the PEFT model with its adapters disabled: the base model as the reference.
     """
     if cache_dir is not None:
         return load_or_compute_reference_logps(
@@ -101,29 +102,10 @@ def compute_reference_logps(
             show_progress=show_progress, shard_index=shard_index, num_shards=num_shards,
             prefix_sharing=prefix_sharing,
         )[0]
-    shard = _shard(dataset, shard_index, num_shards)
-    prompt_lengths, response_lengths = _token_lengths(shard)
-    result = [[math.nan] * len(lengths) for lengths in response_lengths]
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _adapters_disabled(model, adapter_disabled):
-            progress = tqdm(total=sum(map(len, response_lengths)), desc="reference log-probs", unit="seq",
-                            disable=not show_progress)
-            for batch in _batches(prompt_lengths, response_lengths, batch_size, shared=prefix_sharing != "false"):
-                needed = sorted({row for row, _ in batch})
-                rows = dict(zip(needed, _rows(shard, needed)))
-                logps = _batch_logps(model, rows, batch, pad_token_id, reduction, chunk_size, prefix_sharing,
-                                     device)
-                for (row, j), value in zip(batch, logps.tolist()):
-                    result[row][j] = value
-                progress.update(len(batch))
-            progress.close()
-    finally:
-        model.train(was_training)
-    _check_finite(result, shard_index, num_shards)
-    return result
+    return batched_logps(model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
+                         chunk_size=chunk_size, adapter_disabled=adapter_disabled, show_progress=show_progress,
+                         shard_index=shard_index, num_shards=num_shards, prefix_sharing=prefix_sharing,
+                         what="reference log-prob")
 
 
 def load_or_compute_reference_logps(
@@ -156,7 +138,7 @@ def load_or_compute_reference_logps(
         )
     key = _cache_key(fingerprint, reduction, adapter_disabled, shard_index, num_shards)
     path = Path(cache_dir) / f"reference_logps-{key}.json"
-    expected_counts = [len(lengths) for lengths in _token_lengths(_shard(dataset, shard_index, num_shards))[1]]
+    expected_counts = [len(lengths) for lengths in token_lengths(select_rows(dataset, shard_index, num_shards))[1]]
     cached = _read_cache(path, key, expected_counts)
     if cached is not None:
         logger.info("reference log-probs: cache hit %s", path)
@@ -208,7 +190,7 @@ def gather_reference_logps(
     path = Path(cache_dir) / f"reference_logps-{key}.json"
     cached = None
     if state.is_main_process:
-        cached = _read_cache(path, key, [len(lengths) for lengths in _token_lengths(_shard(dataset, 0, 1))[1]])
+        cached = _read_cache(path, key, [len(lengths) for lengths in token_lengths(select_rows(dataset, 0, 1))[1]])
         if cached is not None:
             logger.info("reference log-probs: cache hit %s", path)
     (cached,) = broadcast_object_list([cached])
@@ -227,134 +209,6 @@ def gather_reference_logps(
         _write_cache(path, key, logps)
     state.wait_for_everyone()
     return logps, False
-
-
-def _batches(prompt_lengths: list[int], response_lengths: list[list[int]], batch_size: int,
-             shared: bool) -> Iterator[list[tuple[int, int]]]:
-    """Batches of ``(row, response)`` pairs, longest first (the biggest batch runs first, so memory trouble shows at
-    once). Plain: sequences sorted by length, ``batch_size`` per batch. ``shared``: whole rows (every response of a
-    prompt together, for prefix sharing) sorted by row length, as many as fit ``batch_size`` sequences (≥ 1 row)."""
-    if not shared:
-        sequences = [(row, j) for row, lengths in enumerate(response_lengths) for j in range(len(lengths))]
-        sequences.sort(key=lambda s: -(prompt_lengths[s[0]] + response_lengths[s[0]][s[1]]))
-        for start in range(0, len(sequences), batch_size):
-            yield sequences[start:start + batch_size]
-        return
-    order = sorted(range(len(prompt_lengths)), key=lambda r: -(prompt_lengths[r] + sum(response_lengths[r])))
-    batch: list[tuple[int, int]] = []
-    for row in order:
-        pairs = [(row, j) for j in range(len(response_lengths[row]))]
-        if batch and len(batch) + len(pairs) > batch_size:
-            yield batch
-            batch = []
-        batch += pairs
-    if batch:
-        yield batch
-
-
-def _batch_logps(model, rows: dict[int, dict], batch: list[tuple[int, int]], pad_token_id: int, reduction: str,
-                 chunk_size: int | None, prefix_sharing: str, device) -> torch.Tensor:
-    """ℓ_ref of the pairs of one batch (in its order): shared prompts where ``prefix_sharing`` chooses them."""
-    from lambda_dpo.prefix_sharing import shared_prefix_logps, sharing_pays, sharing_works
-
-    prompts = [rows[row][PROMPT_COLUMN] for row, _ in batch]
-    responses = [rows[row][RESPONSES_COLUMN][j] for row, j in batch]
-    if prefix_sharing != "false":
-        order = list(dict.fromkeys(row for row, _ in batch))  # whole rows, in batch order (see _batches)
-        shared_prompts = [rows[row][PROMPT_COLUMN] for row in order]
-        shared_responses = [rows[row][RESPONSES_COLUMN] for row in order]
-        wanted = prefix_sharing == "true" or sharing_pays(model, shared_prompts, shared_responses)
-        if wanted and sharing_works(model, shared_prompts, shared_responses, pad_token_id, reduction):
-            return shared_prefix_logps(model, shared_prompts, shared_responses, pad_token_id, reduction=reduction,
-                                       chunk_size=chunk_size, device=device).logps
-    tensors = {name: t.to(device) for name, t in build_sequences(prompts, responses, pad_token_id).items()}
-    return sequence_logps(model, **tensors, reduction=reduction, chunk_size=chunk_size).logps
-
-
-def sequence_lengths(dataset) -> list[list[int]]:
-    """Token count of every (prompt, response) sequence: ``result[i][j] = |prompt_i| + |response_ij|``.
-
-    Read from the Arrow columns ``prompt_input_ids`` / ``response_input_ids`` without building Python token lists.
-    """
-    prompt_lengths, response_lengths = _token_lengths(_shard(dataset, 0, 1))
-    return [[prompt + response for response in responses]
-            for prompt, responses in zip(prompt_lengths, response_lengths)]
-
-
-# --- computation helpers ---------------------------------------------------------------------------------------
-
-
-def _shard(dataset, shard_index: int, num_shards: int):
-    missing = [c for c in (PROMPT_COLUMN, RESPONSES_COLUMN) if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"the dataset has no column(s) {missing} (it has {dataset.column_names}); reference log-probs need the "
-            "tokenised dataset (prompt_input_ids, response_input_ids), not the raw records"
-        )
-    if not (num_shards >= 1 and 0 <= shard_index < num_shards):
-        raise ValueError(f"need 0 <= shard_index < num_shards, got shard_index={shard_index} num_shards={num_shards}")
-    # Format reset: a caller's set_format("torch") would turn ragged token lists into tensors.
-    dataset = dataset.select_columns([PROMPT_COLUMN, RESPONSES_COLUMN]).with_format(None)
-    return dataset if num_shards == 1 else dataset.select(range(shard_index, len(dataset), num_shards))
-
-
-def _arrow_batches(dataset) -> Iterator[pa.Table]:
-    yield from dataset.with_format("arrow").iter(batch_size=_ARROW_BATCH)
-
-
-def _token_lengths(dataset) -> tuple[list[int], list[list[int]]]:
-    """Prompt length per row and response lengths per row, read from Arrow without building Python token lists."""
-    prompt_lengths, response_lengths = [], []
-    for table in _arrow_batches(dataset):
-        prompt_lengths += pc.list_value_length(table.column(PROMPT_COLUMN)).to_pylist()
-        responses = table.column(RESPONSES_COLUMN)
-        counts = pc.list_value_length(responses).to_numpy(zero_copy_only=False)
-        lengths = pc.list_value_length(pc.list_flatten(responses)).to_numpy(zero_copy_only=False)
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        response_lengths += [lengths[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-    return prompt_lengths, response_lengths
-
-
-def _rows(dataset, indices: list[int]) -> list[dict]:
-    columns = dataset[indices]
-    return [{name: columns[name][i] for name in columns} for i in range(len(indices))]
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if isinstance(device, torch.device) else next(model.parameters()).device
-
-
-@contextlib.contextmanager
-def _adapters_disabled(model: torch.nn.Module, disabled: bool):
-    """Run the base model of a PEFT model (its adapters off) inside the block; a no-op when ``disabled`` is False."""
-    if not disabled:
-        yield
-    elif hasattr(model, "disable_adapter"):  # peft.PeftModel
-        with model.disable_adapter():
-            yield
-    elif getattr(model, "_hf_peft_config_loaded", False):  # adapters loaded into a transformers model
-        model.disable_adapters()
-        try:
-            yield
-        finally:
-            model.enable_adapters()
-    else:
-        raise ValueError(
-            f"adapter_disabled=True, but the reference model ({type(model).__name__}) has no PEFT adapters to "
-            "disable; use `reference: adapter-disabled` only with `use_lora: true`, else `reference: model`"
-        )
-
-
-def _check_finite(result: list[list[float]], shard_index: int, num_shards: int) -> None:
-    for local_row, values in enumerate(result):
-        for j, value in enumerate(values):
-            if not math.isfinite(value):
-                raise ValueError(
-                    f"the reference log-prob of dataset row {shard_index + local_row * num_shards}, response {j} "
-                    f"is {value}; the reference model produces non-finite logits (fp16 overflow? load it in "
-                    "bfloat16 or float32)"
-                )
 
 
 # --- fingerprint helpers ---------------------------------------------------------------------------------------
@@ -405,7 +259,7 @@ def _hash_tokenizer(tokenizer, digest) -> None:
 
 def _hash_token_columns(dataset, digest) -> None:
     """Hash the token columns' lengths and values (as int64, so the hash does not depend on Arrow's int width)."""
-    for table in _arrow_batches(_shard(dataset, 0, 1)):
+    for table in arrow_batches(select_rows(dataset, 0, 1)):
         for column in (PROMPT_COLUMN, RESPONSES_COLUMN):
             values = table.column(column)
             while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
@@ -476,5 +330,4 @@ __all__ = [
     "gather_reference_logps",
     "load_or_compute_reference_logps",
     "reference_fingerprint",
-    "sequence_lengths",
 ]
