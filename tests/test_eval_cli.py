@@ -202,10 +202,10 @@ def test_cli_errors_say_what_to_fix(trained, tmp_path, capsys):
 
 
 def test_default_lambdas_are_one_hot():
-    from lambda_dpo.evaluation.cli import _lambdas
+    from lambda_dpo.evaluation.run import lambdas_to_evaluate
 
-    assert _lambdas(None, ["a", "b"], False) == [{"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 1.0}]
-    assert _lambdas(["a=2,b=2"], ["a", "b"], True) == [{"a": 0.5, "b": 0.5}]
+    assert lambdas_to_evaluate(None, ["a", "b"], False) == [{"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 1.0}]
+    assert lambdas_to_evaluate(["a=2,b=2"], ["a", "b"], True) == [{"a": 0.5, "b": 0.5}]
 
 
 def test_cli_evaluates_a_plain_model_on_the_datas_or_the_given_dimensions(trained, tmp_path, capsys):
@@ -223,3 +223,35 @@ def test_cli_evaluates_a_plain_model_on_the_datas_or_the_given_dimensions(traine
     capsys.readouterr()
     assert main(["eval", "--model", trained["base"], "--data", trained["heldout"], "--grid", "0"]) == 2
     assert "pass --reference DIR" in capsys.readouterr().err
+
+
+def test_eval_builds_the_trainers_targets_under_tau_scale_range(trained, tmp_path):
+    """With `tau_scale: range` the trainer records the training data's score ranges in lambda_dpo.json, and the
+    evaluation builds its targets with them, so the held-out targets are the trainer's own (on 0–4 ratings)."""
+    from lambda_dpo.demo.worlds import get_world
+    from lambda_dpo.evaluation.run import EvalConfig, Evaluation
+
+    world = get_world("support")
+    train_path, heldout_path = world.write_world(str(tmp_path / "data"), seed=0, num_train=8, num_heldout=4)
+    tokenizer = gpt2_tokenizer()
+    args = LambdaDPOConfig(
+        output_dir=str(tmp_path / "t"), model_name_or_path=trained["base"], tau=0.05, tau_scale="range",
+        max_length=128, per_device_eval_batch_size=4, report_to="none", use_cpu=True, disable_tqdm=True,
+        save_strategy="no", reference="none",
+    )
+    trainer = LambdaDPOTrainer(tiny_llama(len(tokenizer), seed=0), args, train_dataset=load_listwise(train_path),
+                               eval_dataset=load_listwise(heldout_path), processing_class=tokenizer)
+    assert trainer.score_scale.max().item() > 1  # Likert ratings: the scale matters
+    trainer.save_final(str(tmp_path / "model"))
+    recorded = json.loads((tmp_path / "model" / "lambda_dpo.json").read_text())["training"]["score_ranges"]
+    assert recorded == dict(zip(trainer.dimensions, trainer.score_scale.tolist()))
+
+    run = Evaluation(EvalConfig(model=str(tmp_path / "model"), data=heldout_path, device="cpu"))
+    heldout = me.prepare_heldout(run.data, run.policy.tokenizer, run.dimensions, max_length=128, tau=0.05,
+                                 score_scale=run.score_scale())
+    batch = trainer._prepare_inputs(next(iter(trainer.get_eval_dataloader())))
+    order = [list(heldout.dataset["id"]).index(record_id) for record_id in batch["id"]]
+    theirs, _ = trainer._targets(batch)
+    ours = torch.from_numpy(heldout.target_probs[order]).float()[..., :theirs.shape[-1]]
+    torch.testing.assert_close(ours, theirs.float())
+    assert not any("held-out data's score ranges" in note for note in run.notes)

@@ -11,6 +11,7 @@ import os
 import torch
 from transformers import TrainerCallback
 
+from lambda_dpo.atomic import atomic_write
 from lambda_dpo.lambdas import LambdaSchedule
 
 logger = logging.getLogger("lambda_dpo.trainer")  # the trainer's logger: its messages keep their source name
@@ -28,9 +29,8 @@ class MetricsFileCallback(TrainerCallback):
             return
         with open(path) as f:
             kept = [line for line in f if state.global_step and json.loads(line)["step"] <= state.global_step]
-        with open(f"{path}.tmp", "w") as f:
+        with atomic_write(path) as f:
             f.writelines(kept)
-        os.replace(f"{path}.tmp", path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from lambda_dpo.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 SCHEDULE_STATE_FILE = "lambda_schedule_rank{rank}.pt"
@@ -53,6 +55,5 @@ def load_schedule_state(path: str) -> dict[str, Any]:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)

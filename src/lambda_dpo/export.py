@@ -14,6 +14,9 @@ import json
 import os
 import sys
 
+from lambda_dpo.atomic import atomic_write
+from lambda_dpo.model_dir import METADATA_FILE
+
 
 def export_fixed_lambda(model_dir: str, lambdas: str, out_dir: str, normalize: bool = False) -> dict:
     """Merge ``model_dir``'s λ-adapters at ``lambdas`` (``"a=0.7,b=0.3"``) and save a plain model to ``out_dir``."""
@@ -33,10 +36,8 @@ def export_fixed_lambda(model_dir: str, lambdas: str, out_dir: str, normalize: b
     fixed = {**metadata, "condition_on_lambda": False, "conditioning": "text", "fixed_lambda": weights,
              "exported_from": os.path.abspath(model_dir)}
     fixed.pop("lambda_adapters", None)
-    tmp = os.path.join(out_dir, ".lambda_dpo.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(out_dir, METADATA_FILE)) as f:
         json.dump(fixed, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "lambda_dpo.json"))
     return weights
 
 

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lambda_dpo.atomic import atomic_path
+
 ADAPTERS_FILE = "lambda_adapters.safetensors"
 ATTRIBUTE = "lambda_adapters"
 
@@ -212,9 +214,8 @@ def save_adapters(model: nn.Module, directory: str) -> str:
     from safetensors.torch import save_file
 
     path = os.path.join(directory, ADAPTERS_FILE)
-    tmp = os.path.join(directory, f".{ADAPTERS_FILE}.tmp")
-    save_file(adapter_state(model), tmp, metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        save_file(adapter_state(model), temporary, metadata={"format": "pt"})
     return path
 
 

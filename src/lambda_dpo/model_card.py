@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lambda_dpo.atomic import atomic_write
 from lambda_dpo.conditioning import render_lambda
 
 CARD_FILE = "README.md"
@@ -101,8 +102,6 @@ def write_card(output_dir: str, metadata: Mapping[str, Any], metrics: Mapping[st
     """Write ``output_dir/README.md`` atomically; return its path. ``model_name`` (e.g. the hub id) is what the
     examples load (default: ``output_dir``)."""
     path = os.path.join(output_dir, CARD_FILE)
-    tmp = os.path.join(output_dir, f".{CARD_FILE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(render_card(metadata, metrics, model_name or output_dir))
-    os.replace(tmp, path)
     return path

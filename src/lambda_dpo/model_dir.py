@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from lambda_dpo.atomic import atomic_write
+
 METADATA_FILE = "lambda_dpo.json"  # the λ-DPO facts of a trained model dir (dimensions, template, …)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -87,10 +89,12 @@ def load_pretrained(path: str, *, setting: str = "model_name_or_path", dtype=Non
     return loaded_tokenizer, model
 
 
-def write_metadata(output_dir: str, dimensions: list[str], args, model=None) -> dict[str, Any]:
+def write_metadata(output_dir: str, dimensions: list[str], args, model=None,
+                   score_ranges: dict[str, float] | None = None) -> dict[str, Any]:
     """Write `lambda_dpo.json`: what generation needs to condition on λ exactly as training did (the mechanism,
     the dimensions in order, the template or the λ-adapters' shape), plus the settings (``args``: a
-    `LambdaDPOConfig`). Written atomically (a temporary file, then ``os.replace``)."""
+    `LambdaDPOConfig`) and, under ``tau_scale: range``, the training data's ``score_ranges`` (the unit of τ, which
+    evaluation needs to build the same targets). Written atomically (:mod:`lambda_dpo.atomic`)."""
     from lambda_dpo.lambda_adapters import get_adapters
 
     adapters = get_adapters(model) if model is not None else None
@@ -102,13 +106,12 @@ def write_metadata(output_dir: str, dimensions: list[str], args, model=None) -> 
         "condition_on_lambda": args.condition_on_lambda,
         "training": json.loads(json.dumps(args.lambda_dpo_settings(), default=str)),
     }
+    if score_ranges is not None:
+        metadata["training"]["score_ranges"] = score_ranges
     if adapters is not None:
         metadata["lambda_adapters"] = adapters.config()
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = os.path.join(output_dir, f".{METADATA_FILE}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(output_dir, METADATA_FILE)) as f:
         json.dump(metadata, f, indent=2)
-    os.replace(tmp, os.path.join(output_dir, METADATA_FILE))
     return metadata
 
 

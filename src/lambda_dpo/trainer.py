@@ -552,7 +552,8 @@ class LambdaDPOTrainer(Trainer):
         """`lambda_dpo.json` and the model card (`README.md`, with the last held-out metrics) of a saved model."""
         from lambda_dpo.model_card import write_card
 
-        metadata = write_metadata(output_dir, self.dimensions, self.args, model)
+        ranges = None if self.score_scale is None else dict(zip(self.dimensions, self.score_scale.tolist()))
+        metadata = write_metadata(output_dir, self.dimensions, self.args, model, score_ranges=ranges)
         evaluations = [entry for entry in self.state.log_history if "eval_loss" in entry]
         write_card(output_dir, metadata, evaluations[-1] if evaluations else None,
                    self.args.hub_model_id if self.args.push_to_hub else None)

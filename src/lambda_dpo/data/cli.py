@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
+from lambda_dpo.atomic import write_jsonl
 from lambda_dpo.data.converters import FORMATS
 from lambda_dpo.data.records import DataError
 
@@ -98,22 +97,6 @@ def summary_table(dataset, report) -> str:
     return "\n".join(lines)
 
 
-def write_jsonl_atomic(records, path: Path) -> None:
-    """Write one JSON object per line to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
-
-
 def _native(record: dict) -> dict:
     """A dataset row as native listwise JSON: a single user message is written as a plain prompt string."""
     prompt = record["prompt"]
@@ -145,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lambda-dpo convert: error: {err}", file=sys.stderr)
         return 2
     output = Path(args.output)
-    write_jsonl_atomic((_native(record) for record in dataset), output)
+    write_jsonl(output, (_native(record) for record in dataset))
     print(summary_table(dataset, report))
     if report.rejections:
         print(f"\nfirst rejections ({len(report.rejections)} in all):")

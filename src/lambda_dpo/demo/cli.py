@@ -36,6 +36,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
+from lambda_dpo.atomic import atomic_write
+
 DEMO_DIR_DEFAULT = "runs/demo"
 
 
@@ -358,10 +360,8 @@ def render_report(summary: dict) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

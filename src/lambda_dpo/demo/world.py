@@ -28,14 +28,13 @@ so a model can know the facts without having seen the prompt text.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from lambda_dpo.atomic import write_jsonl
 from lambda_dpo.conditioning import render_lambda
 
 DIMENSIONS = ["concise", "detailed", "polite"]
@@ -261,19 +260,6 @@ def make_world(
     )
 
 
-def _write_jsonl_atomic(path: str, records: list[dict]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_world(
     out_dir: str, seed: int = 0, num_train: int = 1000, num_heldout: int = 16, k: int = 4, false_fact_rate: float = 0.25
 ) -> tuple[str, str]:
@@ -285,7 +271,7 @@ def write_world(
     train, heldout = make_world(seed, num_train, num_heldout, k, false_fact_rate)
     paths = os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "heldout.jsonl")
     for path, records in zip(paths, (train, heldout)):
-        _write_jsonl_atomic(path, records)
+        write_jsonl(path, records)
     return paths
 
 

@@ -121,13 +121,13 @@ class World:
                     k: int | None = None) -> tuple[str, str]:
         import os
 
-        from lambda_dpo.demo.world import _write_jsonl_atomic
+        from lambda_dpo.atomic import write_jsonl
 
         os.makedirs(out_dir, exist_ok=True)
         train, heldout = self.make_world(seed, num_train, num_heldout)
         paths = os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "heldout.jsonl")
         for path, records in zip(paths, (train, heldout)):
-            _write_jsonl_atomic(path, records)
+            write_jsonl(path, records)
         return paths
 
     def vocabulary_texts(self) -> list[str]:

@@ -186,8 +186,10 @@ class Heldout:
 
 
 def prepare_heldout(dataset, tokenizer, dimensions: Sequence[str], *, tau: float = 1.0, max_length: int = 1024,
-                    max_prompt_length: int | None = None) -> Heldout:
-    """Tokenise listwise records (:func:`lambda_dpo.data.tokenize_listwise`) and build their targets."""
+                    max_prompt_length: int | None = None, score_scale: Sequence[float] | None = None) -> Heldout:
+    """Tokenise listwise records (:func:`lambda_dpo.data.tokenize_listwise`) and build their targets,
+    softmax(s[d] / (τ · score_scale[d])) (``score_scale``: the per-dimension ranges of ``tau_scale: range``; None
+    = 1), exactly as the trainer builds them."""
     from lambda_dpo.data import tokenize_listwise
 
     tokenized = tokenize_listwise(dataset, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
@@ -196,6 +198,8 @@ def prepare_heldout(dataset, tokenizer, dimensions: Sequence[str], *, tau: float
     response_mask = np.array([[j < len(rs) for j in range(k)] for rs in responses])
     num_tokens = np.array([[len(rs[j]) if j < len(rs) else 0 for j in range(k)] for rs in responses])
     scores = torch.stack([scores_to_tensor(s or {}, dimensions, k) for s in tokenized["scores"]])
+    if score_scale is not None:
+        scores = scores / torch.tensor(score_scale, dtype=scores.dtype)[:, None]
     target_probs, dimension_mask = target_probs_from_scores(scores, tau, torch.from_numpy(response_mask))
     return Heldout(tokenized, list(dimensions), target_probs.numpy(), dimension_mask.numpy(), response_mask,
                    num_tokens)

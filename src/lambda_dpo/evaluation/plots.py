@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from lambda_dpo.atomic import atomic_write
 from lambda_dpo.evaluation.controllability import ControllabilityResult, shared_hypervolumes
 from lambda_dpo.evaluation.metrics import pareto_front
 
@@ -23,15 +23,8 @@ from lambda_dpo.evaluation.metrics import pareto_front
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically (parent directories are created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

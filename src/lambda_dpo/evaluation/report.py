@@ -1,6 +1,6 @@
 """The evaluation report: ``eval.json`` (every number), ``eval.md`` (tables) and PNG plots, from one results dict.
 
-The results dict is what :func:`lambda_dpo.evaluation.cli.run_evaluation` returns; the report is a pure function of
+The results dict is what :func:`lambda_dpo.evaluation.run.run_evaluation` returns; the report is a pure function of
 it, so ``eval.md`` and the plots can be rebuilt from a saved ``eval.json`` (:func:`write_report`). Models appear
 side by side (the trained model, then ``--baseline``) in every table and plot.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lambda_dpo.atomic import atomic_write
 from lambda_dpo.evaluation.controllability import ControllabilityResult
 from lambda_dpo.evaluation.controllability import _json as json_safe
 from lambda_dpo.evaluation.model_eval import MIXED
@@ -277,14 +277,8 @@ def make_plots(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[s
 
 # ------------------------------------------------------------------------------------------------ files
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(text)
 
 
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -20,7 +20,6 @@ processes of a multi-process run (``accelerate launch`` / ``torchrun``) and gath
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import torch
 import xxhash
 
+from lambda_dpo.atomic import atomic_write
 from lambda_dpo.logprobs.batched import (
     PROMPT_COLUMN,
     RESPONSES_COLUMN,
@@ -308,21 +308,10 @@ def _read_cache(path: Path, key: str, expected_counts: list[int]) -> list[list[f
 
 
 def _write_cache(path: Path, key: str, logps: list[list[float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key, "num_rows": len(logps),
                "checksum": _checksum(logps), "logps": logps}
-    # Same directory as the target so os.replace is an atomic rename: readers see the old file or the whole new one.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(content, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path) as file:
+        json.dump(content, file)
 
 
 __all__ = [
