@@ -45,7 +45,7 @@ CONFIGS = {
 
 
 def _settings(quick: bool):
-    from lambda_dpo.demo.cli import DemoSettings
+    from lambda_dpo.demo.pipeline import DemoSettings
 
     # The ablation compares schedules under the λ line (conditioning: text), as its README table was measured.
     base = replace(DemoSettings(), conditioning="text")

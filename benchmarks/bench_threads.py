@@ -34,7 +34,7 @@ def worker(threads: int, steps: int, warmup: int) -> list[float]:
     import torch
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from lambda_dpo.demo.cli import DemoSettings, prepare
+    from lambda_dpo.demo.pipeline import DemoSettings, prepare
     from lambda_dpo.trainer import LambdaDPOConfig, LambdaDPOTrainer
 
     torch.set_num_threads(threads)

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="results file (default benchmarks/results/demo_seeds.json)")
     args = parser.parse_args(argv)
 
-    from lambda_dpo.demo.cli import run_demo
+    from lambda_dpo.demo.pipeline import run_demo
 
     started = time.perf_counter()
     runs = []

@@ -57,11 +57,11 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_step
     """One world and seed (see the module docstring); ``reuse`` keeps the SFT and trained models already in
     ``out`` (their settings must be the same) and only evaluates again."""
     from lambda_dpo.data import load_listwise
-    from lambda_dpo.demo.cli import DemoSettings, oracle_controllability
+    from lambda_dpo.demo.pipeline import DemoSettings, oracle_controllability
     from lambda_dpo.demo.tiny import make_tiny_llama, train_tokenizer
     from lambda_dpo.demo.worlds import get_world
     from lambda_dpo.evaluation.controllability import ControllabilityResult, shared_hypervolumes
-    from lambda_dpo.evaluation.model_eval import generation_prompts
+    from lambda_dpo.evaluation.sampling import generation_prompts
     from lambda_dpo.targets import score_ranges
 
     world = get_world(name)

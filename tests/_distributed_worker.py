@@ -21,7 +21,7 @@ import xxhash
 
 from lambda_dpo.data import load_listwise
 from lambda_dpo.model_dir import load_pretrained
-from lambda_dpo.train_cli import load_policy, parse_config
+from lambda_dpo.train_job import load_policy, parse_config
 from lambda_dpo.trainer import LambdaDPOTrainer
 
 

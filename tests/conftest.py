@@ -17,7 +17,7 @@ def data_dir() -> Path:
 def quick_demo(tmp_path_factory) -> tuple[Path, dict]:
     """`lambda-dpo demo --quick`, run once per session: (its output folder, its summary). The slowest fixture of
     the suite (a few minutes on 2 CPU cores); test_demo checks it and test_playground steers its trained model."""
-    from lambda_dpo.demo.cli import run_demo
+    from lambda_dpo.demo.pipeline import run_demo
 
     out = tmp_path_factory.mktemp("quick_demo")
     return out, run_demo(str(out), quick=True)

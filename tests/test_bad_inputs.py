@@ -286,12 +286,12 @@ def test_bad_generate_arguments_are_one_line(tmp_path, capsys, extra, message):
 
 
 def test_an_unforeseen_error_is_one_line_unless_debug_is_asked_for(monkeypatch, capsys):
-    import lambda_dpo.export
+    import lambda_dpo.cli.export
 
     def broken(args):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr(lambda_dpo.export, "run", broken)
+    monkeypatch.setattr(lambda_dpo.cli.export, "run", broken)
     monkeypatch.delenv("LAMBDA_DPO_DEBUG", raising=False)
     assert main(["export", "--model", "m", "--lambda", "a=1", "--out", "o"]) == 1
     err = capsys.readouterr().err.strip()

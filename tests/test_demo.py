@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lambda_dpo.demo.cli import ORACLE
+from lambda_dpo.demo.pipeline import ORACLE
 
 
 @pytest.mark.slow

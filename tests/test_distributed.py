@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM
 
 from lambda_dpo.batching import SeededLengthGroupedSampler, pad_fraction, padded_length
 from lambda_dpo.data import load_listwise
-from lambda_dpo.train_cli import load_policy, parse_config
+from lambda_dpo.train_job import load_policy, parse_config
 from lambda_dpo.trainer import LambdaDPOTrainer
 
 ROOT = Path(__file__).parent.parent

@@ -14,6 +14,7 @@ from lambda_dpo.cli import main
 from lambda_dpo.data import load_listwise
 from lambda_dpo.demo.world import DIMENSIONS, write_world
 from lambda_dpo.evaluation import model_eval as me
+from lambda_dpo.evaluation import sampling
 from lambda_dpo.evaluation.report import load_results, render_markdown
 from lambda_dpo.losses import listwise_loss
 from lambda_dpo.targets import mix_targets
@@ -112,9 +113,9 @@ def test_kl_is_zero_against_itself_and_positive_after_training(tmp_path):
     tokenizer = gpt2_tokenizer()
     reference = me.EvalModel("reference", "-", tiny_llama(len(tokenizer), seed=3), tokenizer,
                              me.plain_metadata(DIMENSIONS))
-    prompts = [me.GenerationPrompt("Tell me about Mars."), me.GenerationPrompt("How do I make tea?")]
+    prompts = [sampling.GenerationPrompt("Tell me about Mars."), sampling.GenerationPrompt("How do I make tea?")]
     settings = {"num_samples": 4, "max_new_tokens": 8, "seed": 0}
-    same = me.sampled_kl(reference, reference, prompts, None, **settings)
+    same = sampling.sampled_kl(reference, reference, prompts, None, **settings)
     assert same["mean"] == 0.0 and same["stderr"] == 0.0 and same["num_samples"] == 8
 
     policy_model = tiny_llama(len(tokenizer), seed=3)
@@ -127,7 +128,7 @@ def test_kl_is_zero_against_itself_and_positive_after_training(tmp_path):
         policy_model(input_ids=text, labels=text).loss.backward()
         optimizer.step()
     policy = me.EvalModel("model", "-", policy_model.eval(), tokenizer, me.plain_metadata(DIMENSIONS))
-    moved = me.sampled_kl(policy, reference, prompts, None, **settings)
+    moved = sampling.sampled_kl(policy, reference, prompts, None, **settings)
     assert moved["mean"] > 3 * moved["stderr"] > 0
     assert 1 <= moved["mean_response_tokens"] <= 8
 

@@ -208,7 +208,7 @@ def test_unknown_head_operation_falls_back_with_a_warning(caplog):
 
 def test_rejects_malformed_masks():
     model, batch = make_model("llama"), make_batch()
-    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
+    with pytest.raises(ValueError, match=r"logprob_reduction must be one of \['mean', 'sum'\], got 'max'"):
         sequence_logps(model, **batch, reduction="max")
     response_at_start = batch["response_mask"].clone()
     response_at_start[2, 0] = True

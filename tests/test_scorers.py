@@ -9,7 +9,7 @@ from _tiny import gpt2_tokenizer
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from lambda_dpo.demo import world
-from lambda_dpo.evaluation.model_eval import GenerationPrompt, score_responses, win_rate_report
+from lambda_dpo.evaluation.sampling import GenerationPrompt, score_responses, win_rate_report
 from lambda_dpo.evaluation.scorers import CallableScorer, CombinedScorer, RewardModelScorer, load_scorer
 
 PAIRS = [

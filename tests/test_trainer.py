@@ -191,7 +191,7 @@ def test_config_validates_choices(tmp_path):
 
 
 def test_yaml_config_and_overrides(tmp_path):
-    from lambda_dpo.train_cli import parse_config
+    from lambda_dpo.train_job import parse_config
 
     path = tmp_path / "c.yaml"
     path.write_text(

@@ -61,7 +61,7 @@ def test_world_data_is_valid_listwise_with_unseen_heldout_phrasings(tmp_path, na
 def test_recipe_steers_every_dimension_of_a_world_it_was_not_tuned_on(tmp_path, name):
     """A reduced run of the recipe (λ-DPO only): at the vertex that asks only for dimension d, the mean score on d
     is higher than at every other vertex, for every dimension of the world."""
-    from lambda_dpo.demo.cli import METHODS, QUICK, _controllability, _train_method, prepare
+    from lambda_dpo.demo.pipeline import METHODS, QUICK, _controllability, _train_method, prepare
     from lambda_dpo.generation import load_model
 
     world = WORLDS[name]

@@ -2,7 +2,7 @@
 
 One dataclass, read by `lambda-dpo train` (YAML + `--key value` through `HfArgumentParser`) and by
 `LambdaDPOTrainer`. `__post_init__` rejects a bad value in one line that names the field; the names a choice may
-take are read from the registries that own them (`losses.LOSSES`, `lambdas.SCHEDULES`).
+take are read from the modules that own them (`losses.LOSSES`, `lambdas.SCHEDULES`, `logprobs.sequence.REDUCTIONS`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 from lambda_dpo import distributed, reliance
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE
 from lambda_dpo.lambdas import SCHEDULES
+from lambda_dpo.logprobs.sequence import REDUCTIONS
 from lambda_dpo.losses import LOSSES
 
 logger = logging.getLogger("lambda_dpo.trainer")  # the trainer's logger: its messages keep their source name
@@ -27,7 +28,7 @@ CHOICES = {
     "prefix_sharing": ("auto", "true", "false"),
     "loss": tuple(LOSSES),
     "lambda_schedule": tuple(SCHEDULES),
-    "logprob_reduction": ("mean", "sum"),
+    "logprob_reduction": REDUCTIONS,
     "reference": ("model", "adapter-disabled", "none"),
     "lambda_sampling": ("prompt", "batch"),
     "pairwise_weighting": ("gap", "uniform"),
@@ -37,20 +38,48 @@ CHOICES = {
 
 
 @dataclass
-class LambdaDPOConfig(TrainingArguments):
+class ModelDataArguments:
+    """The settings `lambda-dpo sft` and `lambda-dpo train` share (model, data, lengths, λ line, threads), declared
+    once: both `SFTArguments` and `LambdaDPOConfig` extend this."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to train: a local directory or a hub name."})
+    dataset: str | None = field(default=None, metadata={"help": "Training data: any docs/spec.md §2 input (file or hub name)."})
+    dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
+    strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Max prompt tokens incl. the λ line (default: max_length // 2); longer "
+                                        "prompts keep their end."}
+    )
+    conditioning_template: str = field(
+        default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line; must contain {weights}."}
+    )
+    torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads of this process (default: torch's choice, one per core). On a shared machine 1 thread can be several times faster than 2 while other jobs run: benchmarks/bench_threads.py."})
+
+    def check_model_data(self) -> None:
+        """Reject a bad shared value in one line that names the field."""
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be ≥ 1, got {self.torch_threads}")
+        if "{weights}" not in self.conditioning_template:
+            raise ValueError(f"conditioning_template {self.conditioning_template!r} must contain {{weights}}")
+        try:
+            self.conditioning_template.format(weights="a=1.00")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"conditioning_template {self.conditioning_template!r} has a field other than "
+                             f"{{weights}} ({type(e).__name__}: {e}); write literal braces as {{{{ and }}}}") from None
+
+
+@dataclass
+class LambdaDPOConfig(TrainingArguments, ModelDataArguments):
     """Every λ-DPO knob, on top of `transformers.TrainingArguments` (so `output_dir`, `learning_rate`,
     `per_device_train_batch_size`, `max_steps`, `seed`, … keep their usual names and meanings)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Policy model: a local directory or a hub name."})
-    dataset: str | None = field(default=None, metadata={"help": "Training data: any docs/spec.md §2 input (file or hub name)."})
-    dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
     dataset_options: dict | str | None = field(
         default=None,
         metadata={"help": 'Options of the input format as JSON, e.g. {"group_field": "prompt_id", "max_responses": 8} '
                           "for rated rows (lambda_dpo.data.converters)."},
     )
-    eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
-    strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
     dimensions: list[str] | None = field(
         default=None, metadata={"help": "Preference dimensions, in order (default: the data's dimensions)."}
     )
@@ -77,9 +106,6 @@ class LambdaDPOConfig(TrainingArguments):
         metadata={"help": "How the policy sees λ: text (a line in the system message; any serving stack can steer "
                           "it) | lora (λ-mixed per-dimension low-rank adapters, lambda_dpo.lambda_adapters; "
                           "merge into plain weights for a fixed λ with `lambda-dpo export`)."},
-    )
-    conditioning_template: str = field(
-        default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line; must contain {weights}."}
     )
     conditioning_rank: int = field(default=8, metadata={"help": "conditioning=lora: rank r of each dimension's adapter."})
     conditioning_alpha: float | None = field(
@@ -137,10 +163,6 @@ class LambdaDPOConfig(TrainingArguments):
                           "takes the mask (checked once); true: always (an error where it cannot); false: never.",
                   "choices": ["auto", "true", "false"]},
     )
-    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Max prompt tokens incl. the λ line (default: max_length // 2)."}
-    )
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -150,7 +172,6 @@ class LambdaDPOConfig(TrainingArguments):
     )
     merge_lora: bool = field(default=False, metadata={"help": "Save merged weights instead of the adapter."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for λ-DPO."})
-    torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads of this process (default: torch's choice, one per core). On a shared machine 1 thread can be several times faster than 2 while other jobs run: benchmarks/bench_threads.py."})
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={"help": "group_by_length (default: batches of records of similar padded length, less padding; "
@@ -180,8 +201,7 @@ class LambdaDPOConfig(TrainingArguments):
                                      'as a JSON object, e.g. {"key": 1}') from None
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object (a mapping), got {getattr(self, name)!r}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be ≥ 1, got {self.torch_threads}")
+        self.check_model_data()
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -204,13 +224,6 @@ class LambdaDPOConfig(TrainingArguments):
                              "conditioning: text with peft LoRA")
         if self.reference == "adapter-disabled" and not self.use_lora:
             raise ValueError("reference=adapter-disabled needs use_lora=true (the reference is the LoRA base model)")
-        if "{weights}" not in self.conditioning_template:
-            raise ValueError(f"conditioning_template {self.conditioning_template!r} must contain {{weights}}")
-        try:
-            self.conditioning_template.format(weights="a=1.00")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"conditioning_template {self.conditioning_template!r} has a field other than "
-                             f"{{weights}} ({type(e).__name__}: {e}); write literal braces as {{{{ and }}}}") from None
         if self.max_prompt_length is None:
             self.max_prompt_length = self.max_length // 2
         self.remove_unused_columns = False

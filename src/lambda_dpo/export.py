@@ -9,10 +9,8 @@ fixed λ and says the model is no longer steerable.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
 from lambda_dpo.atomic import atomic_write
 from lambda_dpo.model_dir import METADATA_FILE
@@ -39,22 +37,3 @@ def export_fixed_lambda(model_dir: str, lambdas: str, out_dir: str, normalize: b
     with atomic_write(os.path.join(out_dir, METADATA_FILE)) as f:
         json.dump(fixed, f, indent=2)
     return weights
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a model directory trained with conditioning: lora")
-    parser.add_argument("--lambda", dest="lambdas", required=True, metavar="NAME=W,…",
-                        help="the fixed preference weights, e.g. helpfulness=0.7,honesty=0.3")
-    parser.add_argument("--out", required=True, help="where to write the plain model directory")
-    parser.add_argument("--normalize", action="store_true", help="rescale λ to sum to 1 instead of rejecting it")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        weights = export_fixed_lambda(args.model, args.lambdas, args.out, args.normalize)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"lambda-dpo export: {e}", file=sys.stderr)
-        return 2
-    shown = " ".join(f"{k}={v:.2f}" for k, v in weights.items())
-    print(f"wrote a plain model at λ = {shown} to {args.out} (loads with AutoModelForCausalLM; no λ line needed)")
-    return 0

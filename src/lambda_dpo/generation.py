@@ -6,16 +6,13 @@ renders λ exactly as training did, puts it in the system message, and samples.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
-import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from lambda_dpo.conditioning import DEFAULT_TEMPLATE, as_lambda, conditioned_prompt_ids, render_lambda
-from lambda_dpo.model_dir import METADATA_FILE, lambda_dpo_dir_problem
+from lambda_dpo.conditioning import DEFAULT_TEMPLATE, as_lambda, conditioned_prompt_ids
+from lambda_dpo.model_dir import METADATA_FILE
 
 LambdaLike = str | Mapping[str, float] | Sequence[float]
 
@@ -74,25 +71,31 @@ def render_prompt(tokenizer, metadata: dict[str, Any], prompt: str, weights: Map
                                   metadata["conditioning_template"])
 
 
-def _sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, do_sample: bool, temperature: float,
-            top_p: float, seed: int | None, **gen_kwargs) -> list[str]:
+def generate_ids(model, prompts: Sequence[Sequence[int]], *, pad_token_id: int, eos_token_id: int | None,
+                 max_new_tokens: int, seed: int | None = None, **generate_kwargs) -> list[list[int]]:
+    """The new token ids ``model.generate`` appends to each prompt (one batch, left-padded so that every row
+    continues right after its own prompt), as sampled: never decoded and re-encoded. ``generate_kwargs`` are
+    ``generate``'s own (``do_sample``, ``temperature``, …); ``seed`` seeds torch's generator first."""
     import torch
 
-    # Left padding so that every row's generation starts right after its own prompt.
     width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     if seed is not None:
         torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=do_sample, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling, **gen_kwargs,
-        )
-    return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad_token_id, eos_token_id=eos_token_id, **generate_kwargs)
+    return out[:, width:].tolist()
+
+
+def _sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, do_sample: bool, temperature: float,
+            top_p: float, seed: int | None, **gen_kwargs) -> list[str]:
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    ids = generate_ids(model, prompts, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **sampling, **gen_kwargs)
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 def sample_responses(model, tokenizer, metadata: dict[str, Any], prompts: list[str], weights: Mapping[str, float],
@@ -195,80 +198,3 @@ def generate(
     n = num_return_sequences
     grouped = [texts[i * n:(i + 1) * n] for i in range(len(lambda_list))]
     return grouped[0] if single else grouped
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="the user prompt")
-    parser.add_argument("--model", required=True, help="a model directory written by `lambda-dpo train`")
-    parser.add_argument("--lambda", dest="lambdas", action="append", required=True, metavar="NAME=W,…",
-                        help="preference weights, e.g. helpfulness=0.7,honesty=0.3 (repeat to compare several)")
-    parser.add_argument("--normalize", action="store_true", help="rescale λ to sum to 1 instead of rejecting it")
-    parser.add_argument("--system", default=None, help="extra system text after the λ line")
-    parser.add_argument("--num-samples", type=int, default=1, help="responses per λ")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of columns")
-
-
-def format_side_by_side(headers: list[str], columns: list[list[str]], width: int | None = None) -> str:
-    """Lay out one column of texts per λ, wrapped to the terminal width."""
-    width = width or shutil.get_terminal_size((120, 20)).columns
-    col = max(20, (width - 3 * (len(headers) - 1)) // len(headers))
-    blocks = []
-    for h, texts in zip(headers, columns):
-        lines = textwrap.wrap(h, col) + ["-" * col]
-        for i, t in enumerate(texts):
-            if i:
-                lines.append("")
-            lines.extend(textwrap.wrap(t, col) or ["(empty)"])
-        blocks.append(lines)
-    height = max(len(b) for b in blocks)
-    rows = [" | ".join(b[i].ljust(col) if i < len(b) else " " * col for b in blocks).rstrip() for i in range(height)]
-    return "\n".join(rows)
-
-
-def _check_arguments(args: argparse.Namespace) -> str | None:
-    """The first command-line mistake, said in one line (None when there is none)."""
-    if not args.prompt.strip():
-        return "the prompt is empty; give the text to answer"
-    for name, value in (("--num-samples", args.num_samples), ("--max-new-tokens", args.max_new_tokens)):
-        if value < 1:
-            return f"{name} must be ≥ 1, got {value}"
-    if not args.greedy and not args.temperature > 0:
-        return f"--temperature must be > 0 when sampling, got {args.temperature} (use --greedy for greedy decoding)"
-    if not 0 < args.top_p <= 1:
-        return f"--top-p must be in (0, 1], got {args.top_p}"
-    return lambda_dpo_dir_problem(args.model)
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    problem = _check_arguments(args)
-    if problem:
-        print(f"lambda-dpo generate: {problem}", file=sys.stderr)
-        return 2
-    try:
-        model, tokenizer, metadata = load_model(args.model, device=args.device)
-    except (OSError, ValueError) as e:
-        print(f"lambda-dpo generate: cannot load --model {args.model}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    try:
-        parsed = [as_lambda(text, metadata["dimensions"], args.normalize) for text in args.lambdas]
-    except ValueError as e:
-        raise SystemExit(f"lambda-dpo generate: {e}") from None
-    outputs = generate(None, args.prompt, parsed, model=model, tokenizer=tokenizer, metadata=metadata,
-                       system=args.system, num_return_sequences=args.num_samples,
-                       max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    headers = [render_lambda(p, metadata["dimensions"], "λ: {weights}") for p in parsed]
-    if args.json:
-        print(json.dumps([{"lambda": p, "responses": o} for p, o in zip(parsed, outputs)], indent=2))
-    else:
-        print(format_side_by_side(headers, outputs))
-    return 0

@@ -13,6 +13,9 @@ and turns unknown names, unknown options and bad option values into ``ValueError
 The trainer calls ``update(step, signals)`` with held-out per-dimension metrics; fixed distributions ignore it,
 the adaptive ``learned`` schedule moves P(λ) toward the dimensions where the conditioned policy lags.
 ``stats()`` gives floats to log (empty for fixed distributions).
+
+Length (about 570 lines): one registry, so one file; the ``learned`` schedule (its lattice, update rule,
+exploration floor and state) is half of it and shares the base class's sampling and checkpoint contract.
 """
 
 from __future__ import annotations

@@ -15,39 +15,30 @@ its tokenizer, ready to be the policy and the reference of ``lambda-dpo train``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lambda_dpo.conditioning import DEFAULT_TEMPLATE
+from lambda_dpo.config import ModelDataArguments
 
 logger = logging.getLogger("lambda_dpo")
 
 
 @dataclass
-class SFTArguments:
-    """The SFT-specific fields of an ``sft`` config (the rest are ``transformers.TrainingArguments`` fields)."""
+class SFTArguments(ModelDataArguments):
+    """The fields of an ``sft`` config beyond the shared ones (:class:`~lambda_dpo.config.ModelDataArguments`: model,
+    data, lengths, λ line template, threads); the rest are ``transformers.TrainingArguments`` fields."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to fine-tune: a directory or hub name."})
-    dataset: str | None = field(default=None, metadata={"help": "Training data: any docs/spec.md §2 input (file or hub name)."})
-    dataset_format: str = field(default="auto", metadata={"help": "Input format of `dataset` (auto detects it)."})
-    eval_dataset: str | None = field(default=None, metadata={"help": "Optional held-out data, same formats."})
-    strict: bool = field(default=False, metadata={"help": "Make any rejected record a fatal error."})
     top_k: int = field(
         default=0, metadata={"help": "Train on the top_k responses of each record by `rank_by` (0 = every response)."}
     )
     rank_by: str | None = field(
         default=None,
         metadata={"help": "Dimension that ranks responses for top_k (default: the mean of a response's scores)."},
-    )
-    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Max prompt tokens (default: max_length // 2); longer prompts keep their end."}
     )
     lambda_line_fraction: float = field(
         default=0.0,
@@ -56,20 +47,13 @@ class SFTArguments:
                           "The warm-up then knows the line's format while λ means nothing yet, so λ-DPO starts "
                           "from rewards ≈ 0 (the demo uses 0.5). 0 = no λ lines."},
     )
-    conditioning_template: str = field(
-        default=DEFAULT_TEMPLATE, metadata={"help": "Template of the λ line (the one `train` will use)."}
-    )
-    torch_threads: int | None = field(default=None, metadata={"help": "torch CPU threads of this process (default: torch's choice, one per core). On a shared machine 1 thread can be several times faster than 2 while other jobs run: benchmarks/bench_threads.py."})
 
     def __post_init__(self):
+        self.check_model_data()
         if self.top_k < 0:
             raise ValueError(f"top_k must be ≥ 0 (0 = every response), got {self.top_k}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be ≥ 1, got {self.torch_threads}")
         if not 0.0 <= self.lambda_line_fraction <= 1.0:
             raise ValueError(f"lambda_line_fraction must be in [0, 1], got {self.lambda_line_fraction}")
-        if "{weights}" not in self.conditioning_template:
-            raise ValueError(f"conditioning_template {self.conditioning_template!r} must contain {{weights}}")
 
 
 def select_responses(scores: Mapping[str, Sequence[float | None]], k: int, top_k: int = 0,
@@ -237,9 +221,6 @@ def run_sft(model, tokenizer, records_or_dataset, output_dir: str, *, eval_data=
     return trainer.model
 
 
-# --- command line ------------------------------------------------------------------------------------------------
-
-
 def parse_config(config_path: str | None, overrides: Sequence[str]):
     """``(SFTArguments, TrainingArguments)`` from a YAML file and ``--key value`` overrides (overrides win)."""
     from transformers import TrainingArguments
@@ -259,61 +240,3 @@ def parse_config(config_path: str | None, overrides: Sequence[str]):
     if not given_output:
         raise SystemExit("lambda-dpo sft: set output_dir (in the YAML or as --output_dir DIR)")
     return sft_args, training_args
-
-
-CONFIG_THEN_OVERRIDES = True  # `lambda-dpo <cmd> [CONFIG.yaml] [--key value …]` (lambda_dpo.cli)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML file of SFTArguments and TrainingArguments fields")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER,
-                        help="--key value pairs overriding the YAML (e.g. --max_steps 300 --learning_rate 1e-3)")
-    parser.add_argument("--help-fields", action="store_true", help="list every config field with its help")
-
-
-def run(args: argparse.Namespace) -> int:
-    from transformers import HfArgumentParser, TrainingArguments
-
-    if args.help_fields:
-        HfArgumentParser((SFTArguments, TrainingArguments)).print_help()
-        return 0
-    # No YAML: lambda_dpo.cli hands every --key value to `overrides` (CONFIG_THEN_OVERRIDES)
-    config_path, overrides = args.config or None, list(args.overrides)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    sft_args, training_args = parse_config(config_path, overrides)
-    for name in ("model_name_or_path", "dataset"):
-        if not getattr(sft_args, name):
-            raise SystemExit(f"lambda-dpo sft: set {name} (in the YAML or as --{name} ...)")
-
-    import torch
-
-    from lambda_dpo.data import DataError
-    from lambda_dpo.model_dir import ModelLoadError, load_pretrained, torch_dtype
-
-    if sft_args.torch_threads:
-        torch.set_num_threads(sft_args.torch_threads)
-    try:
-        tokenizer, model = load_pretrained(sft_args.model_name_or_path,
-                                           dtype=torch_dtype(training_args.bf16, training_args.fp16))
-    except ModelLoadError as err:
-        print(f"lambda-dpo sft: {err}", file=sys.stderr)
-        return 2
-    try:
-        trainer = sft_trainer(
-            model, tokenizer, sft_args.dataset, training_args, eval_data=sft_args.eval_dataset,
-            top_k=sft_args.top_k, rank_by=sft_args.rank_by, max_length=sft_args.max_length,
-            max_prompt_length=sft_args.max_prompt_length, dataset_format=sft_args.dataset_format,
-            strict=sft_args.strict, lambda_line_fraction=sft_args.lambda_line_fraction,
-            conditioning_template=sft_args.conditioning_template,
-        )
-    except (DataError, ValueError) as err:
-        print(f"lambda-dpo sft: {err}", file=sys.stderr)
-        return 2
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    tail = f"; last logged training loss {losses[-1]:.4f}" if losses else ""
-    print(f"saved the fine-tuned model and tokenizer to {training_args.output_dir}{tail}")
-    if sft_args.eval_dataset:
-        print(f"held-out loss on response tokens: {trainer.evaluate()['eval_loss']:.4f}")
-    return 0

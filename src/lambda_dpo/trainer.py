@@ -5,7 +5,7 @@ re-exported here; its callbacks: `lambda_dpo.callbacks`; its batches: `lambda_dp
 
 Data flow of one step (docs/design.md): the collator pads B listwise rows; the step samples λ per prompt from the
 schedule, renders the λ-conditioned prompt (docs/spec.md §1), flattens B prompts × k responses into sequences, forwards each
-sequence through the policy exactly once, and hands `[B, k]` log-probs to a pure loss from `losses.py`. Reference
+sequence through the policy exactly once, and hands `[B, k]` log-probs, as one `losses.ListwiseInputs`, to a pure objective from `losses.py`. Reference
 log-probs are precomputed once (unconditioned prompt) and travel with the batch.
 
 λ is sampled in the training step, not in the DataLoader's collator: accelerate prefetches one batch ahead, so a
@@ -14,9 +14,13 @@ different λ than an uninterrupted one.
 
 Several processes (`accelerate launch`, `torchrun`): the Trainer's accelerator shards the batches (each process its
 own records), DDP / FSDP / DeepSpeed sync the gradients, and the parts that are ours are made collective here: the
-reference pass is split across the processes and gathered (`reference.gather_reference_logps`), step and evaluation
+reference pass is split across the processes and gathered (`logprobs.reference_cache`), step and evaluation
 metrics are summed over the processes, the model, metrics and metadata are written by the main process and the λ
 schedule's state (one stream per process) by every process. Training batches are grouped by length by default.
+
+Length (about 570 lines): what remains here are the `Trainer` overrides themselves (the step, evaluate, the save,
+checkpoint and resume hooks, the accelerator set-up) and the glue between them; each concern they call into has
+its own module (the list above, plus `losses`, `logprobs`, `heldout_tally`, `conditioning`, `lambda_adapters`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from lambda_dpo import reliance
 from lambda_dpo.batching import ListwiseCollator, SeededLengthGroupedSampler, padded_length
 from lambda_dpo.callbacks import (
     DivergenceCallback,
@@ -50,6 +53,7 @@ from lambda_dpo.checkpoints import (
 from lambda_dpo.conditioning import check_prompt_budget, conditioned_prompt_ids
 from lambda_dpo.config import LambdaDPOConfig
 from lambda_dpo.distributed import all_processes_agree, check_full_weights, enable_fsdp_on_cpu
+from lambda_dpo.heldout_tally import HeldoutTally
 from lambda_dpo.lambda_adapters import (
     ADAPTERS_FILE,
     add_lambda_adapters,
@@ -68,7 +72,6 @@ from lambda_dpo.logprobs.prefix_sharing import (
 )
 from lambda_dpo.losses import OBJECTIVES, ListwiseInputs, per_dimension_metrics, target_nll_loss
 from lambda_dpo.model_dir import load_pretrained, write_metadata
-from lambda_dpo.reliance import target_cross_entropy
 from lambda_dpo.targets import score_ranges, target_probs_from_scores
 
 logger = logging.getLogger(__name__)
@@ -192,12 +195,11 @@ class LambdaDPOTrainer(Trainer):
         return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                           lengths=dataset[self.args.length_column_name], seed=seed)
 
-    def _reference_settings(self, args) -> dict[str, Any]:
-        return {"reference": args.reference, "reduction": args.logprob_reduction, "max_length": args.max_length,
-                "max_prompt_length": args.max_prompt_length}
-
     def _attach_reference(self, model, ref_model, tokenizer, args, train_dataset, eval_dataset):
-        from lambda_dpo.logprobs.reference_cache import gather_reference_logps, reference_fingerprint
+        """The reference (``ref_model``, the LoRA base, or loaded from the settings) and its log-probs as a column
+        of both datasets (:func:`~lambda_dpo.logprobs.reference_cache.attach_reference_logps`); kept in memory as
+        ``self.ref_model`` only when ``precompute_reference`` is false."""
+        from lambda_dpo.logprobs.reference_cache import attach_reference_logps
 
         adapter_disabled = args.reference == "adapter-disabled"
         if adapter_disabled:
@@ -212,30 +214,7 @@ class LambdaDPOTrainer(Trainer):
             self.ref_model = None if adapter_disabled else ref_model.eval().requires_grad_(False)
             return train_dataset, eval_dataset
         check_full_weights(ref_model)
-        previous_device = next(ref_model.parameters()).device
-        if previous_device != args.device:  # this process's device (cuda:<local rank>, …)
-            ref_model.to(args.device)
-        cache_dir = args.reference_cache_dir or os.path.join(args.output_dir, "reference_cache")
-        out = []
-        for dataset in (train_dataset, eval_dataset):
-            if dataset is None:
-                out.append(None)
-                continue
-            fingerprint = reference_fingerprint(ref_model, tokenizer, dataset, self._reference_settings(args),
-                                                adapter_disabled=adapter_disabled)
-            # Every process computes a shard and receives the whole table (a cache hit: nobody computes).
-            logps, _ = gather_reference_logps(
-                ref_model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=tokenizer.pad_token_id,
-                reduction=args.logprob_reduction, batch_size=args.per_device_eval_batch_size,
-                chunk_size=args.logprob_chunk_size, adapter_disabled=adapter_disabled,
-                show_progress=not args.disable_tqdm, prefix_sharing=args.prefix_sharing,
-            )
-            if "reference_logps" in dataset.column_names:
-                dataset = dataset.remove_columns("reference_logps")
-            out.append(dataset.add_column("reference_logps", logps))
-        if previous_device != args.device:
-            ref_model.to(previous_device)
-        return out[0], out[1]
+        return attach_reference_logps(ref_model, tokenizer, [train_dataset, eval_dataset], args, adapter_disabled)
 
     # ---------------------------------------------------------------- the step
     def _policy_prompts(self, inputs, lambdas: torch.Tensor) -> list[list[int]]:
@@ -453,9 +432,7 @@ class LambdaDPOTrainer(Trainer):
         model.eval()
         m = len(self.dimensions)
         probes = {"centre": torch.full((m,), 1.0 / m)} | {d: torch.eye(m)[i] for i, d in enumerate(self.dimensions)}
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, float] = defaultdict(float)
-        ideal_sums, ideal_counts = torch.zeros(m, m), torch.zeros(m, m)  # the targets' own λ-dependence
+        tally = HeldoutTally(self.dimensions)
         for inputs in self.get_eval_dataloader(dataset):
             inputs = self._without_repeated_rows(self._prepare_inputs(inputs))
             batch_size = inputs["response_mask"].shape[0]
@@ -463,60 +440,16 @@ class LambdaDPOTrainer(Trainer):
             for probe, lam in probes.items():
                 loss, stats = self.lambda_loss(model, inputs, lam.expand(batch_size, -1), grad=False)
                 if probe == "centre":
-                    sums["loss"] += loss.item() * stats["prompts"]
-                    counts["loss"] += stats["prompts"]
-                    continue
-                vertex_logps.append(stats["policy_logps"])
-                for key in ("loss", "accuracy", "margin"):
-                    value, count = stats[f"{key}/{probe}"]
-                    if count > 0 and math.isfinite(value):
-                        sums[f"{key}/{probe}"] += value * count
-                        counts[f"{key}/{probe}"] += count
-                for d in self.dimensions:  # d's target under the λ of `probe`: the reliance matrix
-                    value, count = stats[f"loss/{d}"]
-                    if count > 0 and math.isfinite(value):
-                        sums[f"cross/{probe}/{d}"] += value * count
-                        counts[f"cross/{probe}/{d}"] += count
-            target_probs, dimension_mask = self._targets(inputs)
-            batch_sums, batch_counts = target_cross_entropy(target_probs.float(), dimension_mask)
-            ideal_sums, ideal_counts = ideal_sums + batch_sums.cpu(), ideal_counts + batch_counts.cpu()
-            real = inputs["response_mask"] & torch.isfinite(inputs["scores"]).any(1)
-            for i in range(m):
-                for j in range(i + 1, m):
-                    shift = (vertex_logps[i] - vertex_logps[j]).abs()[real]
-                    sums["logp_shift"] += shift.sum().item()
-                    counts["logp_shift"] += shift.numel()
+                    tally.add("loss", loss.item(), stats["prompts"])
+                else:
+                    vertex_logps.append(stats["policy_logps"])
+                    tally.add_vertex(probe, stats)
+            tally.add_targets(*self._targets(inputs))
+            tally.add_logp_shift(vertex_logps, inputs["response_mask"] & torch.isfinite(inputs["scores"]).any(1))
         model.train(was_training)
-        for i, p in enumerate(self.dimensions):
-            for j, d in enumerate(self.dimensions):
-                sums[f"ideal/{p}/{d}"], counts[f"ideal/{p}/{d}"] = ideal_sums[i, j].item(), ideal_counts[i, j].item()
-        cross = [f"cross/{p}/{d}" for p in self.dimensions for d in self.dimensions]
-        ideal = [f"ideal/{p}/{d}" for p in self.dimensions for d in self.dimensions]
-        names = ["loss", *(f"{key}/{d}" for d in self.dimensions for key in ("loss", "accuracy", "margin")),
-                 *cross, *ideal, "logp_shift"]
         device = self.args.device if self.accelerator.num_processes > 1 else "cpu"
-        local = torch.tensor([*(sums[k] for k in names), *(counts[k] for k in names)], dtype=torch.float64,
-                             device=device)
-        total = self.accelerator.reduce(local, "sum").tolist()
-        metrics = {f"{metric_key_prefix}_{name}": total[i] / total[len(names) + i]
-                   for i, name in enumerate(names) if total[len(names) + i] > 0}
-        def matrix(keys):  # "kind/p/d" -> {(p, d): value}, out of the logged metrics
-            return {tuple(key.split("/")[1:]): metrics.pop(f"{metric_key_prefix}_{key}") for key in keys
-                    if f"{metric_key_prefix}_{key}" in metrics}
-
-        gaps = reliance.per_dimension(matrix(cross), self.dimensions)
-        relative = reliance.relative(gaps, reliance.per_dimension(matrix(ideal), self.dimensions))
-        for name, values in (("lambda_reliance", gaps), ("lambda_reliance_relative", relative)):
-            for d, value in values.items():
-                metrics[f"{metric_key_prefix}_{name}/{d}"] = value
-            if values:
-                metrics[f"{metric_key_prefix}_{name}"] = sum(values.values()) / len(values)
-        if f"{metric_key_prefix}_logp_shift" in metrics:
-            metrics[f"{metric_key_prefix}_lambda_logp_shift"] = metrics.pop(f"{metric_key_prefix}_logp_shift")
-        accuracies = [v for k, v in metrics.items() if "accuracy/" in k]
-        if accuracies:
-            metrics[f"{metric_key_prefix}_accuracy_worst"] = min(accuracies)
-            metrics[f"{metric_key_prefix}_accuracy_mean"] = sum(accuracies) / len(accuracies)
+        total = self.accelerator.reduce(tally.as_tensor(device), "sum").tolist()
+        metrics = tally.metrics(total, metric_key_prefix)
         self.log(metrics)
         # The learned schedule's update and the λ-reliance warning: ScheduleUpdateCallback, RelianceWarningCallback.
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -17,6 +17,9 @@ How scores are made, format by format:
 - ``ranked``: ``ranks`` (1 = best) become scores −rank.
 - ``qa_feedback``: judgements between outputs (i, j) in ``combinations`` order (1v2, 1v3, 1v4, 2v3, …;
   1 = first preferred, 2 = second, 0 = tie) become win counts: a win counts 1 and a tie ½ to each side.
+
+Length (about 500 lines): one short converter per format behind one registry, so that a reader looks a format up
+here and every converter follows the same row → record contract next to the others.
 """
 
 from __future__ import annotations

@@ -108,16 +108,16 @@ class ControllabilityResult:
             "grid": [dict(point) for point in self.grid],
             "num_prompts": int(self.scores.shape[1]),
             "num_samples": int(self.scores.shape[2]),
-            "mean_scores": _json(self.mean_scores),
-            "std_scores": _json(self.std_scores),
-            "spearman_rows": _json(self.spearman_rows),
-            "spearman_means": _json(self.spearman_means),
+            "mean_scores": json_safe(self.mean_scores),
+            "std_scores": json_safe(self.std_scores),
+            "spearman_rows": json_safe(self.spearman_rows),
+            "spearman_means": json_safe(self.spearman_means),
             "pareto_indices": list(self.pareto_indices),
-            "reference_point": _json(self.reference_point),
-            "hypervolume": _json(self.hypervolume),
+            "reference_point": json_safe(self.reference_point),
+            "hypervolume": json_safe(self.hypervolume),
         }
         if include_scores:
-            out["scores"] = _json(self.scores)
+            out["scores"] = json_safe(self.scores)
         if self.responses is not None:
             out["responses"] = self.responses
         return out
@@ -176,13 +176,14 @@ def shared_hypervolumes(results: Mapping[str, ControllabilityResult]) -> tuple[n
     return reference_point, {label: r.hypervolume_at(reference_point) for label, r in results.items()}
 
 
-def _json(value):
+def json_safe(value):
+    """``value`` with numpy arrays and scalars as lists and floats, NaN as None: what json.dump writes."""
     if isinstance(value, np.ndarray):
-        return _json(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, dict):
-        return {k: _json(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float | np.floating):
         return None if math.isnan(value) else float(value)
     return value

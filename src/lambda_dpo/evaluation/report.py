@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_dpo.atomic import atomic_write
-from lambda_dpo.evaluation.controllability import ControllabilityResult
-from lambda_dpo.evaluation.controllability import _json as json_safe
+from lambda_dpo.evaluation.controllability import ControllabilityResult, json_safe
 from lambda_dpo.evaluation.model_eval import MIXED
 
 

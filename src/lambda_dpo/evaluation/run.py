@@ -22,6 +22,8 @@ import numpy as np
 
 from lambda_dpo.conditioning import as_lambda
 from lambda_dpo.evaluation import model_eval as me
+from lambda_dpo.evaluation import sampling
+from lambda_dpo.evaluation.performance import PerformanceMonitor
 from lambda_dpo.reliance import RELATIVE_MIN
 
 
@@ -93,7 +95,7 @@ class Evaluation:
         from lambda_dpo.evaluation.scorers import load_scorer
 
         self.args = args
-        self.monitor = me.PerformanceMonitor(args.device or me.default_device())
+        self.monitor = PerformanceMonitor(args.device or me.default_device())
         self.progress = not args.no_progress
         self.notes: list[str] = []
         with self.monitor.phase("load"):
@@ -121,10 +123,10 @@ class Evaluation:
                 self.scorer = load_scorer(args.scorer, names, device=args.device, batch_size=args.batch_size)
         self.training = self.policy.training
         self.lambdas = lambdas_to_evaluate(args.lambdas, self.dimensions, args.normalize)
-        self.prompts, skipped = me.generation_prompts(data, args.num_prompts)
+        self.prompts, skipped = sampling.generation_prompts(data, args.num_prompts)
         if skipped:
             self.notes.append(f"{skipped} multi-turn held-out prompts are not used for generation (single-turn only)")
-        self.generation = me.GenerationSettings(args.num_samples, args.max_new_tokens, not args.greedy,
+        self.generation = sampling.GenerationSettings(args.num_samples, args.max_new_tokens, not args.greedy,
                                                 args.temperature, args.top_p, args.seed)
         self.results: dict[str, Any] = {
             "format_version": 1, "model": args.model, "baseline": args.baseline,
@@ -251,7 +253,7 @@ class Evaluation:
             entry = {"lambda": lambdas, "models": {}}
             for model in models:
                 with self.monitor.phase("KL sampling") as stats:
-                    kl = me.sampled_kl(model, self.reference, self.prompts, lambdas, num_samples=self.args.kl_samples,
+                    kl = sampling.sampled_kl(model, self.reference, self.prompts, lambdas, num_samples=self.args.kl_samples,
                                        max_new_tokens=self.args.max_new_tokens,
                                        max_prompt_length=self.training.get("max_prompt_length"),
                                        batch_size=self.args.batch_size, seed=self.args.seed + 1000 * i)
@@ -296,7 +298,7 @@ class Evaluation:
             # The same seed at every λ (common random numbers): scores then differ between grid points only
             # because λ changed the model's distribution, not by sampling noise, so a model that ignores λ gives
             # identical samples everywhere (Spearman undefined, never a spurious ±0.8 on 10 noisy grid means).
-            return me.generate_responses(model, self.prompts, lambdas, self.generation, seed_offset=0)
+            return sampling.generate_responses(model, self.prompts, lambdas, self.generation, seed_offset=0)
 
         return sample_fn
 
@@ -309,10 +311,10 @@ class Evaluation:
 
         def generate_and_score(model, lambdas, key):
             with self.monitor.phase("win rate") as stats:
-                responses = me.generate_responses(model, self.prompts, lambdas, self.generation, seed_offset=0)
+                responses = sampling.generate_responses(model, self.prompts, lambdas, self.generation, seed_offset=0)
                 flat = [r for samples in responses for r in samples]
                 stats.add(len(flat), _count_tokens(model.tokenizer, flat))
-                scored[key] = me.score_responses(self.scorer, self.prompts, responses, self.dimensions)
+                scored[key] = sampling.score_responses(self.scorer, self.prompts, responses, self.dimensions)
 
         # The reference sees no λ: its responses are the same for every λ, only their weighting changes.
         generate_and_score(self.reference, self.lambdas[0], "reference")
@@ -320,10 +322,10 @@ class Evaluation:
         for i, lambdas in enumerate(self.lambdas):
             for model in self.models:
                 generate_and_score(model, lambdas, f"{model.label}@{i}")
-            pairs = {f"{m.label} vs reference": me.win_rate_report(scored[f"{m.label}@{i}"], scored["reference"],
+            pairs = {f"{m.label} vs reference": sampling.win_rate_report(scored[f"{m.label}@{i}"], scored["reference"],
                                                                    lambdas, self.dimensions) for m in self.models}
             if len(self.models) > 1:
-                pairs["model vs baseline"] = me.win_rate_report(scored[f"model@{i}"], scored[f"baseline@{i}"],
+                pairs["model vs baseline"] = sampling.win_rate_report(scored[f"model@{i}"], scored[f"baseline@{i}"],
                                                                 lambdas, self.dimensions)
             comparisons.append({"lambda": lambdas, "pairs": pairs})
         self.results["win_rate"] = {"judge": self.scorer.description, "comparisons": comparisons}

@@ -137,8 +137,6 @@ def shared_prefix_logps(
     Same values and gradients as :func:`lambda_dpo.logprobs.sequence_logps` over ``[prompt_b ‖ r_bi]`` (see the
     module docstring); ``model`` is called through its top-level forward with ``position_ids`` and the 4-D mask.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean' (logprob_reduction), got {reduction!r}")
     implementation = attention_implementation(model)
     if implementation not in MASKED_ATTENTION:
         raise ValueError(f"prefix sharing needs attention that applies a dense 4-D mask ({', '.join(MASKED_ATTENTION)}); "

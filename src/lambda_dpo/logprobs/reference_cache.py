@@ -211,6 +211,44 @@ def gather_reference_logps(
     return logps, False
 
 
+REFERENCE_COLUMN = "reference_logps"
+
+
+def attach_reference_logps(ref_model: torch.nn.Module, tokenizer, datasets: list, config,
+                           adapter_disabled: bool = False) -> list:
+    """Each tokenised dataset of ``datasets`` (None stays None) with a ``reference_logps`` column: ℓ_ref of every
+    response, from the cache or one pass split over the processes of the run (:func:`gather_reference_logps`, a
+    collective). ``config`` is the run's `LambdaDPOConfig`: its reference, reduction and lengths key the cache
+    (with the weights, the tokenizer and the tokens), and it gives the device, batch and chunk sizes and the cache
+    folder (``reference_cache_dir``, default ``<output_dir>/reference_cache``). The model runs on this process's
+    device for the pass and goes back where it was."""
+    settings = {"reference": config.reference, "reduction": config.logprob_reduction,
+                "max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
+    cache_dir = config.reference_cache_dir or os.path.join(config.output_dir, "reference_cache")
+    previous_device = next(ref_model.parameters()).device
+    if previous_device != config.device:  # this process's device (cuda:<local rank>, …)
+        ref_model.to(config.device)
+    out = []
+    for dataset in datasets:
+        if dataset is None:
+            out.append(None)
+            continue
+        fingerprint = reference_fingerprint(ref_model, tokenizer, dataset, settings, adapter_disabled=adapter_disabled)
+        # Every process computes a shard and receives the whole table (a cache hit: nobody computes).
+        logps, _ = gather_reference_logps(
+            ref_model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=tokenizer.pad_token_id,
+            reduction=config.logprob_reduction, batch_size=config.per_device_eval_batch_size,
+            chunk_size=config.logprob_chunk_size, adapter_disabled=adapter_disabled,
+            show_progress=not config.disable_tqdm, prefix_sharing=config.prefix_sharing,
+        )
+        if REFERENCE_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(REFERENCE_COLUMN)
+        out.append(dataset.add_column(REFERENCE_COLUMN, logps))
+    if previous_device != config.device:
+        ref_model.to(previous_device)
+    return out
+
+
 # --- fingerprint helpers ---------------------------------------------------------------------------------------
 
 
@@ -315,6 +353,7 @@ def _write_cache(path: Path, key: str, logps: list[list[float]]) -> None:
 
 
 __all__ = [
+    "attach_reference_logps",
     "compute_reference_logps",
     "gather_reference_logps",
     "load_or_compute_reference_logps",

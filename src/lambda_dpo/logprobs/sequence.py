@@ -52,6 +52,15 @@ _SPLIT_VERIFIED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.Weak
 _WARNED_FALLBACK: set[str] = set()
 
 
+REDUCTIONS = ("mean", "sum")  # how a response's token log-probs become ℓ (`logprob_reduction`)
+
+
+def check_reduction(reduction: str) -> None:
+    """One error for a reduction that is not one of :data:`REDUCTIONS`, naming the setting."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"logprob_reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+
+
 class SequenceLogps(NamedTuple):
     """What :func:`sequence_logps` returns.
 
@@ -125,8 +134,6 @@ def sequence_logps(
         :class:`SequenceLogps` ``(logps float32 [N], num_tokens long [N])``. ``logps`` equals the naive
         ``log_softmax(model(...).logits.float()).gather(...)`` reduced the same way (value and gradient).
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean' (logprob_reduction), got {reduction!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
     response_mask = response_mask.bool()
@@ -160,8 +167,7 @@ def predicted_logps(
     ``num_tokens``. ``attention_mask`` is ``[N', T]``, or a 4-D ``[N', 1, T, T]`` mask together with
     ``padding_mask [N', T]`` (1 = real token); ``position_ids`` optional.
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean' (logprob_reduction), got {reduction!r}")
+    check_reduction(reduction)
     parts = _split(model)
     real = attention_mask if padding_mask is None else padding_mask  # the split check runs with a [N', T] mask
     if parts is not None and _split_verified(model, parts, input_ids, real):

@@ -1,7 +1,8 @@
-"""The `lambda-dpo` command line.
+"""The `lambda-dpo` command line: this dispatcher and one thin module per subcommand (``lambda_dpo.cli.<name>``).
 
-Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``.
-Modules are imported only when their subcommand runs, so ``lambda-dpo --help`` stays fast.
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``: it parses flags, calls the
+library and prints; the work itself lives in the library modules it names. Modules are imported only when their
+subcommand runs, so ``lambda-dpo --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ DEBUG_ENV = "LAMBDA_DPO_DEBUG"  # set to 1: unexpected errors print their full t
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("lambda_dpo.data.cli", "convert any supported preference format to listwise JSONL, with a report"),
-    "sft": ("lambda_dpo.sft", "supervised warm-up on the responses (the paper's Finetuned-Base step)"),
-    "train": ("lambda_dpo.train_cli", "train with λ-DPO (or a baseline loss) from a YAML config"),
-    "generate": ("lambda_dpo.generation", "generate from a trained model, steered by one or several λ"),
-    "eval": ("lambda_dpo.evaluation.cli", "evaluate a trained model: ranking, KL, length bias, controllability"),
-    "playground": ("lambda_dpo.playground", "a local web page (Gradio) to steer a trained model by λ in the browser"),
-    "export": ("lambda_dpo.export", "merge a conditioning: lora model at one fixed λ into a plain model directory"),
-    "demo": ("lambda_dpo.demo.cli", "the built-in end-to-end run: train a tiny model and show that λ steers it"),
+    "convert": ("lambda_dpo.cli.convert", "convert any supported preference format to listwise JSONL, with a report"),
+    "sft": ("lambda_dpo.cli.sft", "supervised warm-up on the responses (the paper's Finetuned-Base step)"),
+    "train": ("lambda_dpo.cli.train", "train with λ-DPO (or a baseline loss) from a YAML config"),
+    "generate": ("lambda_dpo.cli.generate", "generate from a trained model, steered by one or several λ"),
+    "eval": ("lambda_dpo.cli.eval", "evaluate a trained model: ranking, KL, length bias, controllability"),
+    "playground": ("lambda_dpo.cli.playground", "a local web page (Gradio) to steer a trained model by λ in the browser"),
+    "export": ("lambda_dpo.cli.export", "merge a conditioning: lora model at one fixed λ into a plain model directory"),
+    "demo": ("lambda_dpo.cli.demo", "the built-in end-to-end run: train a tiny model and show that λ steers it"),
 }
 
 
@@ -107,6 +108,3 @@ def main(argv: list[str] | None = None) -> int:
               "and please report it)", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

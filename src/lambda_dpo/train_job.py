@@ -1,19 +1,11 @@
-"""`lambda-dpo train CONFIG.yaml [--key value …]`: λ-DPO (or a baseline) from a YAML config.
-
-The YAML keys are `LambdaDPOConfig` fields; command-line options override them (both go through
-`transformers.HfArgumentParser`, so types, choices and help texts are the same everywhere).
-
-Runs as one process or several (`accelerate launch …`, `torchrun …`, see the README): every process runs this
-module; reports and messages come from the main process only.
+"""The job of `lambda-dpo train` as library functions: a `LambdaDPOConfig` from YAML + overrides
+(:func:`parse_config`), the policy it names (:func:`load_policy`), and load data → train → evaluate → save
+(:func:`train_from_config`). The command line itself is :mod:`lambda_dpo.cli.train`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
-import tempfile
 
 logger = logging.getLogger("lambda_dpo")
 
@@ -87,52 +79,3 @@ def train_from_config(config):
         trainer.evaluate()
     trainer.save_final()
     return trainer
-
-
-CONFIG_THEN_OVERRIDES = True  # `lambda-dpo <cmd> [CONFIG.yaml] [--key value …]` (lambda_dpo.cli)
-
-
-def check_output_dir(path: str) -> None:
-    """Create ``path`` (the run's output_dir) and prove it writable now, not at the first checkpoint."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise SystemExit(f"lambda-dpo train: output_dir={path!r} is not a writable folder ({e.strerror}); "
-                         "choose another output_dir") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML file of LambdaDPOConfig fields (see configs/)")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER,
-                        help="--key value pairs overriding the YAML (e.g. --beta 0.2 --max_steps 100); "
-                             "`lambda-dpo train --help-fields` lists every field")
-    parser.add_argument("--help-fields", action="store_true", help="list every config field with its help")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.help_fields:
-        from transformers import HfArgumentParser
-
-        from lambda_dpo.config import LambdaDPOConfig
-
-        HfArgumentParser(LambdaDPOConfig).print_help()
-        return 0
-    # No YAML: lambda_dpo.cli hands every --key value to `overrides` (CONFIG_THEN_OVERRIDES)
-    config = parse_config(args.config or None, list(args.overrides))
-    # Under a multi-process launcher only the main process reports; the others keep warnings and errors.
-    logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING, stream=sys.stderr,
-                        format="%(message)s")
-    check_output_dir(config.output_dir)
-    if config.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
-    trainer = train_from_config(config)
-    if config.should_log:
-        print(f"saved the trained model to {config.output_dir}")
-        last = [h for h in trainer.state.log_history if "loss" in h]
-        if last:
-            print(f"final training loss {last[-1]['loss']:.4f} at step {last[-1]['step']}")
-    return 0

@@ -1,19 +1,13 @@
-"""``lambda-dpo convert INPUT -o OUT.jsonl``: any docs/spec.md §2 input → native listwise JSONL, with a summary table.
-
-The summary shows records in/out, the distribution of k, a histogram of each dimension's scores, how many
-scores are missing (masked) per dimension, and rejections by reason with the first few (file:line: field).
-The output is written to a temporary file next to OUT and moved into place, so OUT is never half-written.
-"""
+"""``lambda-dpo convert INPUT -o OUT.jsonl``: any docs/spec.md §2 input → native listwise JSONL, with a summary
+table (:func:`lambda_dpo.data.summary.summary_table`). OUT is written atomically, never half-written."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
-from lambda_dpo.atomic import write_jsonl
 from lambda_dpo.data.converters import FORMATS
 from lambda_dpo.data.records import DataError
 
@@ -65,51 +59,10 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _histogram(values: list[float], bins: int = 5) -> str:
-    if not values:
-        return "-"
-    counts = Counter(values)
-    if len(counts) <= 10:
-        return "  ".join(f"{value:g}:{count}" for value, count in sorted(counts.items()))
-    low, high = min(values), max(values)
-    width = (high - low) / bins
-    binned = Counter(min(int((v - low) / width), bins - 1) for v in values)
-    return "  ".join(f"[{low + b * width:.3g},{low + (b + 1) * width:.3g}):{binned[b]}" for b in range(bins))
-
-
-def summary_table(dataset, report) -> str:
-    """The convert summary: records, k distribution, per-dimension histogram and masked counts, rejections."""
-    ks = Counter(len(responses) for responses in dataset["responses"])
-    lines = [
-        report.summary(max_examples=0),
-        "",
-        f"records in (rows read): {report.rows_read}    records out: {len(dataset)}    "
-        f"rejected: {len(report.rejections)}",
-        "k (responses per prompt): " + "  ".join(f"{k}:{n}" for k, n in sorted(ks.items())),
-        "",
-    ]
-    lines.append(f"{'dimension':<24}{'scores':>8}{'masked':>8}  histogram (value:count)")
-    all_scores = dataset["scores"]
-    for name in report.dimensions:
-        values = [v for scores in all_scores for v in scores[name]]
-        present = [v for v in values if v is not None]
-        lines.append(f"{name:<24}{len(values):>8}{len(values) - len(present):>8}  {_histogram(present)}")
-    return "\n".join(lines)
-
-
-def _native(record: dict) -> dict:
-    """A dataset row as native listwise JSON: a single user message is written as a plain prompt string."""
-    prompt = record["prompt"]
-    if len(prompt) == 1 and prompt[0]["role"] == "user":
-        prompt = prompt[0]["content"]
-    out = {"id": record["id"], "prompt": prompt, "responses": record["responses"], "scores": record["scores"]}
-    if record["system"]:
-        out["system"] = record["system"]
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
+    from lambda_dpo.atomic import write_jsonl
     from lambda_dpo.data.loading import load_listwise, long_lists_warning
+    from lambda_dpo.data.summary import native_record, summary_table
 
     try:
         dimensions = [d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions else None
@@ -128,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lambda-dpo convert: error: {err}", file=sys.stderr)
         return 2
     output = Path(args.output)
-    write_jsonl(output, (_native(record) for record in dataset))
+    write_jsonl(output, (native_record(record) for record in dataset))
     print(summary_table(dataset, report))
     if report.rejections:
         print(f"\nfirst rejections ({len(report.rejections)} in all):")
