@@ -60,7 +60,7 @@ def _run_one(job: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lambda_dpo.data import load_listwise
-    from lambda_dpo.demo import cli as demo
+    from lambda_dpo.demo import pipeline as demo
     from lambda_dpo.demo.world import DIMENSIONS
     from lambda_dpo.generation import load_metadata
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lambda_dpo.demo import cli as demo
+    from lambda_dpo.demo import pipeline as demo
     from lambda_dpo.demo.world import DIMENSIONS
 
     seeds = args.seeds or (1 if args.quick else 3)
