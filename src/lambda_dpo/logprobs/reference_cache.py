@@ -73,99 +73,45 @@ def reference_fingerprint(
     return digest.hexdigest()
 
 
-def compute_reference_logps(
-    model: torch.nn.Module,
-    dataset,
-    *,
-    pad_token_id: int,
-    reduction: str,
-    batch_size: int = 8,
-    chunk_size: int | None = 128,
-    cache_dir: str | os.PathLike | None = None,
-    fingerprint: str | None = None,
-    adapter_disabled: bool = False,
-    show_progress: bool = True,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    prefix_sharing: str = "false",
-) -> list[list[float]]:
+def compute_reference_logps(model: torch.nn.Module, dataset, *, cache_dir: str | os.PathLike | None = None,
+                            fingerprint: str | None = None, **pass_options) -> list[list[float]]:
     """ℓ_ref of every response of every row (of this shard): ``result[i][j]`` for row i, response j.
 
-    :func:`lambda_dpo.logprobs.batched.batched_logps` (one no-grad pass, length-sorted batches); with
-    ``cache_dir`` (and ``fingerprint``) through :func:`load_or_compute_reference_logps`. ``adapter_disabled=True``
-    runs the PEFT model with its adapters disabled: the base model as the reference.
+    ``pass_options`` are the keywords of :func:`lambda_dpo.logprobs.batched.batched_logps` (``pad_token_id`` and
+    ``reduction`` required; ``batch_size``, ``chunk_size``, ``adapter_disabled`` — True runs the PEFT model with
+    its adapters disabled, the base model as the reference —, ``show_progress``, ``shard_index``/``num_shards``,
+    ``prefix_sharing``). With ``cache_dir`` (and ``fingerprint``) it goes through
+    :func:`load_or_compute_reference_logps`.
     """
     if cache_dir is not None:
-        return load_or_compute_reference_logps(
-            model, dataset, fingerprint=fingerprint, cache_dir=cache_dir, pad_token_id=pad_token_id,
-            reduction=reduction, batch_size=batch_size, chunk_size=chunk_size, adapter_disabled=adapter_disabled,
-            show_progress=show_progress, shard_index=shard_index, num_shards=num_shards,
-            prefix_sharing=prefix_sharing,
-        )[0]
-    return batched_logps(model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
-                         chunk_size=chunk_size, adapter_disabled=adapter_disabled, show_progress=show_progress,
-                         shard_index=shard_index, num_shards=num_shards, prefix_sharing=prefix_sharing,
-                         what="reference log-prob")
+        return load_or_compute_reference_logps(model, dataset, fingerprint=fingerprint, cache_dir=cache_dir,
+                                               **pass_options)[0]
+    return batched_logps(model, dataset, what="reference log-prob", **pass_options)
 
 
-def load_or_compute_reference_logps(
-    model: torch.nn.Module,
-    dataset,
-    *,
-    fingerprint: str | None,
-    cache_dir: str | os.PathLike,
-    pad_token_id: int,
-    reduction: str,
-    batch_size: int = 8,
-    chunk_size: int | None = 128,
-    adapter_disabled: bool = False,
-    show_progress: bool = True,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    prefix_sharing: str = "false",
-) -> tuple[list[list[float]], bool]:
+def load_or_compute_reference_logps(model: torch.nn.Module, dataset, *, fingerprint: str | None,
+                                    cache_dir: str | os.PathLike, shard_index: int = 0, num_shards: int = 1,
+                                    **pass_options) -> tuple[list[list[float]], bool]:
     """``(reference log-probs, cache_hit)``: read the cache file if it is valid, else compute and write it.
 
     The file is ``<cache_dir>/reference_logps-<key>.json``, ``key`` = hash of ``fingerprint`` (see
     :func:`reference_fingerprint`) and this pass's own settings (reduction, adapter_disabled, shard). It is written
-    atomically (temporary file in the same directory, then ``os.replace``) and carries its row count, every row's
-    response count and a checksum of its values; a file failing any check is ignored with a warning.
+    atomically (:mod:`lambda_dpo.atomic`) and carries its row count, every row's response count and a checksum of
+    its values; a file failing any check is ignored with a warning. ``pass_options``: as
+    :func:`compute_reference_logps`.
     """
-    if not fingerprint:
-        raise ValueError(
-            "caching reference log-probs needs a fingerprint; compute one with "
-            "reference_fingerprint(model, tokenizer, dataset, settings) or pass cache_dir=None"
-        )
-    key = _cache_key(fingerprint, reduction, adapter_disabled, shard_index, num_shards)
-    path = Path(cache_dir) / f"reference_logps-{key}.json"
-    expected_counts = [len(lengths) for lengths in token_lengths(select_rows(dataset, shard_index, num_shards))[1]]
-    cached = _read_cache(path, key, expected_counts)
+    path, key, cached = _lookup(dataset, fingerprint, cache_dir, pass_options, shard_index, num_shards)
     if cached is not None:
-        logger.info("reference log-probs: cache hit %s", path)
         return cached, True
-    logps = compute_reference_logps(
-        model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
-        chunk_size=chunk_size, adapter_disabled=adapter_disabled, show_progress=show_progress,
-        shard_index=shard_index, num_shards=num_shards, prefix_sharing=prefix_sharing,
-    )
+    logps = batched_logps(model, dataset, what="reference log-prob", shard_index=shard_index, num_shards=num_shards,
+                          **pass_options)
     _write_cache(path, key, logps)
     return logps, False
 
 
-def gather_reference_logps(
-    model: torch.nn.Module,
-    dataset,
-    *,
-    fingerprint: str | None,
-    cache_dir: str | os.PathLike,
-    pad_token_id: int,
-    reduction: str,
-    batch_size: int = 8,
-    chunk_size: int | None = 128,
-    adapter_disabled: bool = False,
-    show_progress: bool = True,
-    prefix_sharing: str = "false",
-) -> tuple[list[list[float]], bool]:
+def gather_reference_logps(model: torch.nn.Module, dataset, *, fingerprint: str | None,
+                           cache_dir: str | os.PathLike, show_progress: bool = True,
+                           **pass_options) -> tuple[list[list[float]], bool]:
     """``(reference log-probs of every row, in dataset order, cache_hit)``, computed by all processes together.
 
     A collective: every process of the run (accelerate's ``PartialState``; a plain script is one process) must call
@@ -175,33 +121,18 @@ def gather_reference_logps(
     shards are all-gathered to every process and interleaved back into dataset order, and the main process writes
     the cache file (atomically) while the others wait at a barrier. The table travels between processes, not
     through the file, so ``cache_dir`` need not be shared between machines. Only the main process's
-    ``fingerprint`` is used.
+    ``fingerprint`` is used. ``pass_options``: as :func:`compute_reference_logps` (without the shard).
     """
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
 
-    if not fingerprint:
-        raise ValueError(
-            "caching reference log-probs needs a fingerprint; compute one with "
-            "reference_fingerprint(model, tokenizer, dataset, settings)"
-        )
     state = PartialState()
-    key = _cache_key(fingerprint, reduction, adapter_disabled, 0, 1)
-    path = Path(cache_dir) / f"reference_logps-{key}.json"
-    cached = None
-    if state.is_main_process:
-        cached = _read_cache(path, key, [len(lengths) for lengths in token_lengths(select_rows(dataset, 0, 1))[1]])
-        if cached is not None:
-            logger.info("reference log-probs: cache hit %s", path)
+    path, key, cached = _lookup(dataset, fingerprint, cache_dir, pass_options, 0, 1, read=state.is_main_process)
     (cached,) = broadcast_object_list([cached])
     if cached is not None:
         return cached, True
-    shard = compute_reference_logps(
-        model, dataset, pad_token_id=pad_token_id, reduction=reduction, batch_size=batch_size,
-        chunk_size=chunk_size, adapter_disabled=adapter_disabled,
-        show_progress=show_progress and state.is_main_process,
-        shard_index=state.process_index, num_shards=state.num_processes, prefix_sharing=prefix_sharing,
-    )
+    shard = batched_logps(model, dataset, what="reference log-prob", show_progress=show_progress and state.is_main_process,
+                          shard_index=state.process_index, num_shards=state.num_processes, **pass_options)
     shards = gather_object([shard])  # [shard of process 0, shard of process 1, …] on every process
     # Row i was computed by process i mod n, as its (i // n)-th row.
     logps = [shards[i % len(shards)][i // len(shards)] for i in range(len(dataset))]
@@ -209,6 +140,24 @@ def gather_reference_logps(
         _write_cache(path, key, logps)
     state.wait_for_everyone()
     return logps, False
+
+
+def _lookup(dataset, fingerprint: str | None, cache_dir, pass_options: dict, shard_index: int, num_shards: int,
+            read: bool = True) -> tuple[Path, str, list[list[float]] | None]:
+    """The cache file of this pass, its key, and its table when ``read`` and the file is valid (else None)."""
+    if not fingerprint:
+        raise ValueError("caching reference log-probs needs a fingerprint; compute one with "
+                         "reference_fingerprint(model, tokenizer, dataset, settings) or pass cache_dir=None")
+    key = _cache_key(fingerprint, pass_options["reduction"], pass_options.get("adapter_disabled", False),
+                     shard_index, num_shards)
+    path = Path(cache_dir) / f"reference_logps-{key}.json"
+    if not read:
+        return path, key, None
+    expected_counts = [len(lengths) for lengths in token_lengths(select_rows(dataset, shard_index, num_shards))[1]]
+    cached = _read_cache(path, key, expected_counts)
+    if cached is not None:
+        logger.info("reference log-probs: cache hit %s", path)
+    return path, key, cached
 
 
 REFERENCE_COLUMN = "reference_logps"
