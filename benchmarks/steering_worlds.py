@@ -20,6 +20,7 @@ held-out ranking accuracy and the λ-reliance. It prints a mean ± std table and
 
     python benchmarks/steering_worlds.py                       # 3 worlds × 3 seeds (about 25 min a world on 2 cores)
     python benchmarks/steering_worlds.py --worlds support --seeds 0 --steps 200    # a quick look
+    python benchmarks/steering_worlds.py --worlds support --seeds 0 --recipe mine.yaml --json mine.json   # a variant
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _cli(*args: str) -> None:
 
 
 def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_steps: int = 500,
-              reuse: bool = False) -> dict:
+              reuse: bool = False, recipe: str = RECIPE) -> dict:
     """One world and seed (see the module docstring); ``reuse`` keeps the SFT and trained models already in
     ``out`` (their settings must be the same) and only evaluates again."""
     from lambda_dpo.data import load_listwise
@@ -90,7 +91,7 @@ def run_world(name: str, seed: int, out: str, steps: int, samples: int, sft_step
         model_dir = os.path.join(out, label.replace("λ", "lambda").lower())
         started = time.perf_counter()
         if not done(model_dir):
-            _cli("train", RECIPE, "--model_name_or_path", sft, "--dataset", train_path, "--eval_dataset",
+            _cli("train", recipe, "--model_name_or_path", sft, "--dataset", train_path, "--eval_dataset",
                  heldout_path, "--output_dir", model_dir, "--seed", str(seed), "--max_steps", str(steps),
                  "--reference_cache_dir", os.path.join(out, "reference_cache"), *COMMON, *extra)
             timings[label] = time.perf_counter() - started
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
                         help="keep the base, SFT and trained models already in --out and only evaluate again")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="only print the table of earlier runs' JSON files (and write them merged to --json)")
+    parser.add_argument("--recipe", default=RECIPE, help="the training recipe (YAML) every method starts from "
+                        "(default: configs/recipes/steerable.yaml)")
     parser.add_argument("--out", default="runs/steering_worlds")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "steering_worlds.json"))
     args = parser.parse_args(argv)
@@ -193,14 +196,14 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             print(f"== {name}, seed {seed}", flush=True)
             runs.append(run_world(name, seed, os.path.join(args.out, f"{name}-seed{seed}"), args.steps,
-                                  args.samples, args.sft_steps, args.reuse))
+                                  args.samples, args.sft_steps, args.reuse, args.recipe))
             print(f"   {time.perf_counter() - started:.0f} s", flush=True)
             print(table(runs[-1:]), flush=True)
     print(table(runs))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     tmp = f"{args.json}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d"), "recipe": RECIPE, "steps": args.steps, "runs": runs}, f,
+        json.dump({"date": time.strftime("%Y-%m-%d"), "recipe": os.path.relpath(args.recipe, ROOT), "steps": args.steps, "runs": runs}, f,
                   indent=2, ensure_ascii=False)
     os.replace(tmp, args.json)
     return 0
