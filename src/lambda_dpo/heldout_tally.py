@@ -36,6 +36,12 @@ class HeldoutTally:
             self.sums[key] += value * count
             self.counts[key] += count
 
+    def add_centre(self, loss: float, prompts: int) -> None:
+        """The λ-DPO loss at the centre of the simplex over ``prompts`` prompts (a non-finite loss is kept: it
+        shows in ``eval_loss``)."""
+        self.sums["loss"] += loss * prompts
+        self.counts["loss"] += prompts
+
     def add_vertex(self, probe: str, stats: dict) -> None:
         """The step metrics (``LambdaDPOTrainer.lambda_loss``'s stats) of a batch with the policy told λ = e_probe."""
         for key in ("loss", "accuracy", "margin"):

@@ -440,7 +440,7 @@ class LambdaDPOTrainer(Trainer):
             for probe, lam in probes.items():
                 loss, stats = self.lambda_loss(model, inputs, lam.expand(batch_size, -1), grad=False)
                 if probe == "centre":
-                    tally.add("loss", loss.item(), stats["prompts"])
+                    tally.add_centre(loss.item(), stats["prompts"])
                 else:
                     vertex_logps.append(stats["policy_logps"])
                     tally.add_vertex(probe, stats)
