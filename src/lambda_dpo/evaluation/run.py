@@ -90,50 +90,50 @@ class Evaluation:
     """One evaluation: the loaded models, data and settings, and the results dict its sections fill in (each
     section a method: :meth:`ranking`, :meth:`kl`, :meth:`controllability`, :meth:`win_rate`, :meth:`lm_eval`)."""
 
-    def __init__(self, args: EvalConfig):
+    def __init__(self, config: EvalConfig):
         from lambda_dpo.data import dataset_dimensions, load_listwise
         from lambda_dpo.evaluation.scorers import load_scorer
 
-        self.args = args
-        self.monitor = PerformanceMonitor(args.device or me.default_device())
-        self.progress = not args.no_progress
+        self.config = config
+        self.monitor = PerformanceMonitor(config.device or me.default_device())
+        self.progress = not config.no_progress
         self.notes: list[str] = []
         with self.monitor.phase("load"):
-            data = load_listwise(args.data, format=args.data_format)
-            plain_dimensions = ([d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions
+            data = load_listwise(config.data, format=config.data_format)
+            plain_dimensions = ([d.strip() for d in config.dimensions.split(",") if d.strip()] if config.dimensions
                                 else dataset_dimensions(data))
-            self.policy = me.load_eval_model(args.model, "model", plain_dimensions, device=args.device)
+            self.policy = me.load_eval_model(config.model, "model", plain_dimensions, device=config.device)
             self.dimensions = self.policy.dimensions
-            self.reference = me.load_reference(self.policy, args.reference, device=args.device)
+            self.reference = me.load_reference(self.policy, config.reference, device=config.device)
             self.models = [self.policy]
-            if args.baseline:
-                baseline = me.load_eval_model(args.baseline, "baseline", self.dimensions, device=args.device)
+            if config.baseline:
+                baseline = me.load_eval_model(config.baseline, "baseline", self.dimensions, device=config.device)
                 if baseline.dimensions != self.dimensions:
                     raise ValueError(
-                        f"the baseline {args.baseline} was trained on dimensions {baseline.dimensions}, the model on "
+                        f"the baseline {config.baseline} was trained on dimensions {baseline.dimensions}, the model on "
                         f"{self.dimensions}; side by side they must share the same dimensions in the same order"
                     )
                 self.models.append(baseline)
-            if args.max_records is not None:
-                data = data.select(range(min(args.max_records, len(data))))
+            if config.max_records is not None:
+                data = data.select(range(min(config.max_records, len(data))))
             self.data = data
             self.scorer = None
-            if args.scorer:
-                names = args.scorer_dimensions.split(",") if args.scorer_dimensions else None
-                self.scorer = load_scorer(args.scorer, names, device=args.device, batch_size=args.batch_size)
+            if config.scorer:
+                names = config.scorer_dimensions.split(",") if config.scorer_dimensions else None
+                self.scorer = load_scorer(config.scorer, names, device=config.device, batch_size=config.batch_size)
         self.training = self.policy.training
-        self.lambdas = lambdas_to_evaluate(args.lambdas, self.dimensions, args.normalize)
-        self.prompts, skipped = sampling.generation_prompts(data, args.num_prompts)
+        self.lambdas = lambdas_to_evaluate(config.lambdas, self.dimensions, config.normalize)
+        self.prompts, skipped = sampling.generation_prompts(data, config.num_prompts)
         if skipped:
             self.notes.append(f"{skipped} multi-turn held-out prompts are not used for generation (single-turn only)")
-        self.generation = sampling.GenerationSettings(args.num_samples, args.max_new_tokens, not args.greedy,
-                                                args.temperature, args.top_p, args.seed)
+        self.generation = sampling.GenerationSettings(config.num_samples, config.max_new_tokens, not config.greedy,
+                                                config.temperature, config.top_p, config.seed)
         self.results: dict[str, Any] = {
-            "format_version": 1, "model": args.model, "baseline": args.baseline,
+            "format_version": 1, "model": config.model, "baseline": config.baseline,
             "reference": {"path": self.reference.path, "adapter_disabled": self.reference.adapter_disabled},
-            "data": args.data, "num_records": len(data), "dimensions": self.dimensions,
+            "data": config.data, "num_records": len(data), "dimensions": self.dimensions,
             "models": [m.label for m in self.models], "lambdas": self.lambdas,
-            "settings": dataclasses.asdict(args), "notes": self.notes,
+            "settings": dataclasses.asdict(config), "notes": self.notes,
         }
 
     def setting(self, model: me.EvalModel, key: str):
@@ -169,14 +169,14 @@ class Evaluation:
                                          tau=float(self.setting(self.policy, "tau")), score_scale=self.score_scale())
             if not heldout.dimension_mask.any():
                 raise ValueError(
-                    f"no held-out list in {self.args.data} scores two responses on any of the model's dimensions "
+                    f"no held-out list in {self.config.data} scores two responses on any of the model's dimensions "
                     f"{self.dimensions}; check that the data uses the same dimension names"
                 )
             reference = self.reference
             if not me.same_vocabulary(tokenizer, reference.tokenizer):  # a baseline with its own tokenizer
                 reference = dataclasses.replace(reference, tokenizer=tokenizer)
             with self.monitor.phase("held-out log-probs") as stats:
-                reference_logps = me.heldout_logps(reference, heldout, None, batch_size=self.args.batch_size,
+                reference_logps = me.heldout_logps(reference, heldout, None, batch_size=self.config.batch_size,
                                                    progress=self.progress)
                 stats.add(heldout.response_mask.sum(), heldout.num_tokens.sum())
             heldouts.append((tokenizer, heldout, reference_logps))
@@ -186,7 +186,7 @@ class Evaluation:
             heldout, reference_logps = heldout_for(model.tokenizer)
             with self.monitor.phase("held-out log-probs") as stats:
                 logps = me.heldout_logps(model, heldout, lambdas, max_prompt_length=max_prompt_length,
-                                         batch_size=self.args.batch_size, progress=self.progress)
+                                         batch_size=self.config.batch_size, progress=self.progress)
                 stats.add(heldout.response_mask.sum(), heldout.num_tokens.sum())
             reference_free = self.setting(model, "reference") == "none"
             rewards = me.implicit_rewards(logps, None if reference_free else reference_logps, heldout.num_tokens,
@@ -203,7 +203,7 @@ class Evaluation:
                     at_vertices[(model.label, max(lambdas, key=lambdas.get))] = (rewards, logps)
                 mask = heldout.response_mask
                 entry["models"][model.label] = {
-                    "per_dimension": me.ranking_at_lambda(rewards, heldout, lambdas, self.args.ndcg_k),
+                    "per_dimension": me.ranking_at_lambda(rewards, heldout, lambdas, self.config.ndcg_k),
                     "heldout_log_ratio": me.heldout_log_ratio(logps, reference_logps, mask),
                     "length_bias": {**me.length_bias_report(logps, heldout.num_tokens, mask, rewards),
                                     "points": _points(logps, heldout.num_tokens, mask)},
@@ -241,7 +241,7 @@ class Evaluation:
 
     # -------------------------------------------------------------------- KL on sampled responses
     def kl(self) -> None:
-        if self.args.kl_samples <= 0 or not self.prompts:
+        if self.config.kl_samples <= 0 or not self.prompts:
             self.notes.append("KL on sampled responses skipped (--kl-samples 0 or no single-turn prompt)")
             return
         models = [m for m in self.models if me.same_vocabulary(m.tokenizer, self.reference.tokenizer)]
@@ -253,10 +253,10 @@ class Evaluation:
             entry = {"lambda": lambdas, "models": {}}
             for model in models:
                 with self.monitor.phase("KL sampling") as stats:
-                    kl = sampling.sampled_kl(model, self.reference, self.prompts, lambdas, num_samples=self.args.kl_samples,
-                                       max_new_tokens=self.args.max_new_tokens,
+                    kl = sampling.sampled_kl(model, self.reference, self.prompts, lambdas, num_samples=self.config.kl_samples,
+                                       max_new_tokens=self.config.max_new_tokens,
                                        max_prompt_length=self.training.get("max_prompt_length"),
-                                       batch_size=self.args.batch_size, seed=self.args.seed + 1000 * i)
+                                       batch_size=self.config.batch_size, seed=self.config.seed + 1000 * i)
                     stats.add(kl["num_samples"], kl.pop("tokens"))
                 entry["models"][model.label] = kl
             entries.append(entry)
@@ -270,10 +270,10 @@ class Evaluation:
             shared_hypervolumes,
         )
 
-        if self.scorer is None or self.args.grid <= 0 or not self.prompts:
+        if self.scorer is None or self.config.grid <= 0 or not self.prompts:
             self.notes.append("controllability skipped (it needs --scorer, --grid ≥ 1 and single-turn prompts)")
             return
-        grid = lambda_grid(self.dimensions, self.args.grid)
+        grid = lambda_grid(self.dimensions, self.config.grid)
         outcomes = {}
         for model in self.models:
             with self.monitor.phase("controllability") as stats:
@@ -285,7 +285,7 @@ class Evaluation:
                 stats.add(len(texts), _count_tokens(model.tokenizer, texts))
         reference_point, volumes = shared_hypervolumes(outcomes)
         self.results["controllability"] = {
-            "grid_n": self.args.grid, "grid": grid, "num_prompts": len(self.prompts),
+            "grid_n": self.config.grid, "grid": grid, "num_prompts": len(self.prompts),
             "num_samples": self.generation.num_samples, "judge": self.scorer.description,
             "shared_reference_point": reference_point.tolist(), "shared_hypervolume": volumes,
             "models": {label: r.to_dict(include_scores=True) for label, r in outcomes.items()},
@@ -334,23 +334,23 @@ class Evaluation:
     def lm_eval(self) -> None:
         from lambda_dpo.evaluation.lm_eval_bridge import lambda_system_instruction, run_lm_eval
 
-        tasks = [t.strip() for t in (self.args.lm_eval_tasks or "").split(",") if t.strip()]
+        tasks = [t.strip() for t in (self.config.lm_eval_tasks or "").split(",") if t.strip()]
         if not tasks:
             return
-        if self.args.lm_eval_lambda:
-            lambdas = as_lambda(self.args.lm_eval_lambda, self.dimensions, normalize=self.args.normalize)
+        if self.config.lm_eval_lambda:
+            lambdas = as_lambda(self.config.lm_eval_lambda, self.dimensions, normalize=self.config.normalize)
         else:
             lambdas = {d: 1.0 / len(self.dimensions) for d in self.dimensions}
-        limit = self.args.lm_eval_limit
+        limit = self.config.lm_eval_limit
         limit = int(limit) if limit is not None and limit >= 1 else limit
         section = {"lambda": lambdas, "models": {}}
         for model in self.models:
             with self.monitor.phase("lm-eval"), model.steered(lambdas):  # λ-adapters run under the same λ
                 out = run_lm_eval(
-                    model.model, model.tokenizer, tasks, include_path=self.args.lm_eval_include_path,
+                    model.model, model.tokenizer, tasks, include_path=self.config.lm_eval_include_path,
                     system_instruction=lambda_system_instruction(model.metadata, lambdas),
-                    apply_chat_template=self.args.lm_eval_chat_template, num_fewshot=self.args.lm_eval_num_fewshot,
-                    limit=limit, batch_size=self.args.lm_eval_batch_size, seed=self.args.seed,
+                    apply_chat_template=self.config.lm_eval_chat_template, num_fewshot=self.config.lm_eval_num_fewshot,
+                    limit=limit, batch_size=self.config.lm_eval_batch_size, seed=self.config.seed,
                 )
             section["settings"] = out.pop("settings")
             out["system_instruction"] = section["settings"].pop("system_instruction")  # differs between models
