@@ -147,3 +147,11 @@ def test_mix_targets_gives_a_zero_row_when_no_weighted_dimension_has_signal():
         probs, torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.zeros(2, 2, dtype=torch.bool)
     )
     assert torch.equal(all_masked, torch.zeros(2, 2))
+
+
+def test_score_scale_is_a_per_dimension_unit_of_tau():
+    scores = torch.tensor([[[0.0, 2.0, 4.0], [0.0, 0.5, 1.0]]])  # [1, m=2, k=3]: 0–4 and 0–1 ratings
+    scaled, _ = target_probs_from_scores(scores, 0.5, score_scale=[4.0, 1.0])
+    torch.testing.assert_close(scaled[0, 0], target_probs_from_scores(scores[:, :1], 2.0)[0][0, 0])
+    torch.testing.assert_close(scaled[0, 1], target_probs_from_scores(scores[:, 1:], 0.5)[0][0, 0])
+    torch.testing.assert_close(scaled[0, 0], scaled[0, 1])  # the same ratings on two scales: the same target

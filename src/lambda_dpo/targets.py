@@ -32,7 +32,7 @@ def scores_to_tensor(
 
 
 def target_probs_from_scores(
-    scores: torch.Tensor, tau: float = 1.0, response_mask: torch.Tensor | None = None
+    scores: torch.Tensor, tau: float = 1.0, response_mask: torch.Tensor | None = None, score_scale=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension target distributions over each list.
 
@@ -40,6 +40,8 @@ def target_probs_from_scores(
         scores: ``[..., m, k]`` float; NaN marks a missing score.
         tau: softmax temperature τ > 0 (smaller = sharper targets).
         response_mask: optional bool ``[..., k]``; False marks a padding slot of a shorter list.
+        score_scale: optional ``[m]`` (tensor or sequence): each dimension's unit of τ, i.e. τ_d = τ · scale_d
+            (``tau_scale: range`` passes the training data's score ranges, :func:`score_ranges`).
 
     Returns:
         ``(target_probs [..., m, k], dimension_mask [..., m])``: ``target_probs[..., d, :] = softmax(s[d]/τ)``
@@ -48,6 +50,8 @@ def target_probs_from_scores(
     """
     if not (tau > 0 and math.isfinite(tau)):  # also catches NaN, which would make every target NaN
         raise ValueError(f"tau must be a finite number > 0 (the target softmax temperature), got {tau}")
+    if score_scale is not None:  # τ_d = τ · scale_d: divide the scores instead
+        scores = scores / torch.as_tensor(score_scale, dtype=scores.dtype, device=scores.device)[:, None]
     scored = ~torch.isnan(scores)
     if response_mask is not None:
         scored = scored & response_mask.unsqueeze(-2).bool()

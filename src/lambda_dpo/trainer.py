@@ -314,10 +314,7 @@ class LambdaDPOTrainer(Trainer):
 
     def _targets(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(target_probs [B, m, k], dimension_mask [B, m])`` of a batch: softmax(s/τ) per dimension."""
-        scores = inputs["scores"]
-        if self.score_scale is not None:  # τ_d = τ · range_d: divide the scores instead
-            scores = scores / self.score_scale.to(scores.device)[:, None]
-        return target_probs_from_scores(scores, self.args.tau, inputs["response_mask"])
+        return target_probs_from_scores(inputs["scores"], self.args.tau, inputs["response_mask"], self.score_scale)
 
     def _sample_lambdas(self, batch_size: int) -> torch.Tensor:
         if self.args.lambda_sampling == "batch":

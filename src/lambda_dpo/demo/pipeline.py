@@ -192,9 +192,7 @@ def oracle_controllability(heldout, prompts: list[str], s: DemoSettings, world=N
         for prompt in batch:
             record = records[prompt]
             scores = scores_to_tensor(record["scores"], DIMENSIONS)[None]
-            if score_scale is not None:  # tau_scale: range, as in training (τ_d = τ · range_d)
-                scores = scores / torch.as_tensor(score_scale, dtype=scores.dtype)[:, None]
-            targets, mask = target_probs_from_scores(scores, s.tau)
+            targets, mask = target_probs_from_scores(scores, s.tau, score_scale=score_scale)  # as in training
             q = mix_targets(targets.double(), lam, mask)[0]
             picks = torch.multinomial(q, num_samples, replacement=True, generator=generator)
             out.append([record["responses"][i] for i in picks.tolist()])

@@ -196,9 +196,8 @@ def prepare_heldout(dataset, tokenizer, dimensions: Sequence[str], *, tau: float
     response_mask = np.array([[j < len(rs) for j in range(k)] for rs in responses])
     num_tokens = np.array([[len(rs[j]) if j < len(rs) else 0 for j in range(k)] for rs in responses])
     scores = torch.stack([scores_to_tensor(s or {}, dimensions, k) for s in tokenized["scores"]])
-    if score_scale is not None:
-        scores = scores / torch.tensor(score_scale, dtype=scores.dtype)[:, None]
-    target_probs, dimension_mask = target_probs_from_scores(scores, tau, torch.from_numpy(response_mask))
+    target_probs, dimension_mask = target_probs_from_scores(scores, tau, torch.from_numpy(response_mask),
+                                                            score_scale)
     return Heldout(tokenized, list(dimensions), target_probs.numpy(), dimension_mask.numpy(), response_mask,
                    num_tokens)
 
