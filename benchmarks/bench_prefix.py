@@ -7,7 +7,7 @@ Same tokens for every variant (random-init Llama, random words; the setting of b
     (c) floor      a plain transformers.Trainer step on the B·k unshared sequences with the model's own loss: the
                    least a trainer that forwards every sequence whole must spend (the old floor)
 
-"auto" is what ``prefix_sharing: auto`` picks for the setting (its cost estimate, shared over plain, ≤ 0.85).
+"auto" is what ``prefix_sharing: auto`` picks for the setting (its cost estimate, shared over plain, ≤ 0.9).
 
 Settings (the λ-conditioned prompt P and each response R in tokens, k responses, B prompts per step):
 

@@ -10,7 +10,7 @@ from test_trainer import config, write_records
 
 from lambda_dpo.conditioning import widest_lambda_line
 from lambda_dpo.data import load_listwise
-from lambda_dpo.logprobs import build_sequences, sequence_logps
+from lambda_dpo.logprobs import build_sequences, sequence_logps, unwrap_model
 from lambda_dpo.logprobs.prefix_sharing import (
     build_shared_rows,
     shared_attention_mask,
@@ -65,6 +65,8 @@ def test_shared_logps_and_gradients_equal_the_unshared_path(arch, attention, var
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     plain, plain_grads, shared, shared_grads = _both(model, *_batch(), reduction)
+    if attention == "sdpa":  # the segment attention did the shared forward
+        assert unwrap_model(model).config._attn_implementation == "lambda_dpo_prefix"
     assert torch.allclose(plain, shared, atol=1e-5, rtol=0), (plain - shared).abs().max()
     assert len(plain_grads) == len(shared_grads) > 0
     for a, b in zip(plain_grads, shared_grads):
@@ -131,3 +133,68 @@ def test_training_losses_are_identical_for_20_steps_and_prompts_are_forwarded_on
     assert len(losses["true"]) == 20
     assert torch.allclose(torch.tensor(losses["true"]), torch.tensor(losses["false"]), atol=1e-5, rtol=1e-5), losses
     assert torch.allclose(references["true"], references["false"], atol=1e-5)
+
+
+def test_segment_attention_equals_sdpa_with_the_dense_shared_mask():
+    """The attention op alone, with grouped KV heads: real positions equal SDPA under the dense shared mask, values
+    and gradients."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from lambda_dpo.logprobs.segment_attention import PrefixLayout, segment_attention_forward
+
+    prompts, responses = _batch()
+    packed = build_shared_rows(prompts, responses, 0)
+    B, L = packed["input_ids"].shape
+    layout = PrefixLayout.build([len(p) for p in prompts], [[len(r) for r in rs] for rs in responses], L)
+
+    class Module(torch.nn.Module):
+        is_causal, num_key_value_groups = True, 2
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, h, L, 8, generator=g, requires_grad=True) for h in (4, 2, 2))
+    real = packed["segments"] >= 0
+    outputs, grads = [], []
+    for run in ("segment", "dense"):
+        if run == "segment":
+            out, _ = segment_attention_forward(Module(), q, k, v, None, scaling=0.3, prefix_layout=layout)
+        else:
+            out, _ = sdpa_attention_forward(Module(), q, k, v, shared_attention_mask(packed["segments"]), scaling=0.3)
+        assert out.shape == (B, L, 4, 8)
+        outputs.append(out[real])
+        grads.append(torch.autograd.grad(out[real].sum(), (q, k, v)))
+    assert torch.allclose(*outputs, atol=1e-6)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_an_sdpa_model_is_switched_to_the_segment_attention_and_its_plain_forwards_do_not_change():
+    from lambda_dpo.logprobs.segment_attention import IMPLEMENTATION
+
+    model = tiny_llama(100).eval()
+    ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: a real mask goes through the masks SDPA gets
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        shared_prefix_logps(model, *_batch(), 0)
+        assert model.config._attn_implementation == IMPLEMENTATION
+        after = model(input_ids=ids, attention_mask=mask).logits
+        generated = model.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    assert torch.equal(before, after)
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        assert torch.equal(generated, model.generate(ids[:1], max_new_tokens=4, do_sample=False))
+
+
+def test_attention_the_shared_rows_do_not_implement_falls_back_with_a_warning(caplog, monkeypatch):
+    """A sliding window (Mistral) is not implemented by the segment attention: sharing is off, with the reason."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    import lambda_dpo.logprobs.prefix_sharing
+
+    monkeypatch.setattr(lambda_dpo.logprobs.prefix_sharing, "_WARNED", set())
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4)).eval()
+    assert not sharing_works(model, *_batch(), 0, "mean")
+    assert any("does not implement it" in r.message and "sliding_window" in r.message for r in caplog.records)

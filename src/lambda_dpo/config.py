@@ -157,10 +157,11 @@ class LambdaDPOConfig(TrainingArguments, ModelDataArguments):
     )
     prefix_sharing: str = field(
         default="auto",
-        metadata={"help": "Forward each prompt once for all k of its responses (one row [prompt, r_1, …, r_k], a 4-D "
-                          "mask; same log-probs). auto: for a batch whose estimated cost (linear layers per position, "
-                          "attention per pair) is at most 85% of the plain layout's, where the model's attention "
-                          "takes the mask (checked once); true: always (an error where it cannot); false: never.",
+        metadata={"help": "Forward each prompt once for all k of its responses (one row [prompt, r_1, …, r_k]; same "
+                          "log-probs). auto: for a batch whose estimated cost (linear layers per position, attention "
+                          "per pair, the head per response token) is at most 90% of the plain layout's, where the "
+                          "model's attention is SDPA or eager (checked once); true: always (an error where it "
+                          "cannot); false: never.",
                   "choices": ["auto", "true", "false"]},
     )
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})

@@ -11,18 +11,28 @@ of ``[prompt_b ‖ r_bi]`` (attention is permutation-invariant over the keys it 
 embeddings see the same positions), so its log-prob is too: the first response token is predicted from the last
 prompt position (shared), every later one from the previous token of its own response.
 
-The mask is a 4-D ``[B, 1, L, L]`` tensor, which transformers passes through unchanged to the attention
-(``masking_utils``: "if the mask is already 4D, simply return as-is"); boolean for SDPA (True = attend), additive
-float (0 / dtype min) for eager attention. Attention implementations that take no dense mask (flash-attention,
-flex) are not used here. Once per model, a no-grad check compares the shared log-probs of the first batch with the
-plain path's; a model whose attention ignores the custom mask falls back, with a one-time warning.
+How the attention keeps to that pattern depends on the model's attention implementation:
 
-Memory: the mask costs B·L² bytes (bool); the logits are never materialised (the output head runs over chunks of
-the predicting positions, as in :mod:`lambda_dpo.logprobs.sequence`).
+- SDPA (transformers' default): the model is switched to the segment attention
+  (:mod:`lambda_dpo.logprobs.segment_attention`), which is SDPA itself for every other forward and, given the
+  rows' layout, computes each prompt's causal attention once and each response's attention over its prompt and
+  itself only: the unshared layout's attention, less the repeated prompts.
+- eager: a dense additive ``[B, 1, L, L]`` mask (0 / dtype min), which transformers passes through unchanged
+  (``masking_utils``: "if the mask is already 4D, simply return as-is"); the attention then computes all L² pairs
+  of a row, L = P + Σ r.
+- anything else (flash-attention, flex): not shared.
 
-When it pays: a dense mask makes a row attend L² pairs, L = P + Σ r, against k·(P + r)² unshared, so sharing wins
-on long prompts and loses on short prompts with many responses in narrow models. ``prefix_sharing: auto`` decides
-per batch by :func:`estimated_cost_ratio` (benchmarks/bench_prefix.py measures both layouts).
+Once per model, a no-grad check compares the shared log-probs of the first batch with the plain path's; a model
+whose attention does something the shared rows do not reproduce (sliding windows, sinks, …) falls back, with a
+one-time warning.
+
+Memory: the masks cost B·P² + N·R·(P + R) bytes (B·L² with the dense mask); the logits are never materialised
+(the output head runs over chunks of the predicting positions, as in :mod:`lambda_dpo.logprobs.sequence`).
+
+When it pays: sharing saves the linear work of the repeated prompts and costs some gathering; with short prompts
+and few responses the two are close (and with a dense mask the L² attention can cost more than it saves).
+``prefix_sharing: auto`` decides per batch by :func:`estimated_cost_ratio` (benchmarks/bench_prefix.py measures
+both layouts).
 """
 
 from __future__ import annotations
@@ -34,6 +44,12 @@ from functools import partial
 
 import torch
 
+from lambda_dpo.logprobs.segment_attention import (
+    IMPLEMENTATION,
+    PrefixLayout,
+    SegmentAttentionUnsupported,
+    use_segment_attention,
+)
 from lambda_dpo.logprobs.sequence import (
     SequenceLogps,
     build_sequences,
@@ -44,7 +60,8 @@ from lambda_dpo.logprobs.sequence import (
 
 logger = logging.getLogger(__name__)
 
-MASKED_ATTENTION = ("sdpa", "eager")  # implementations that apply a dense 4-D mask as given
+# implementations prefix sharing runs on: SDPA (switched to the segment attention) and eager (a dense 4-D mask)
+MASKED_ATTENTION = ("sdpa", "eager", IMPLEMENTATION)
 _SHARING_VERIFIED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 _WARNED: set[str] = set()
 
@@ -135,23 +152,37 @@ def shared_prefix_logps(
     """ℓ(n) for every response n (flat order: prompt by prompt, response by response), each prompt forwarded once.
 
     Same values and gradients as :func:`lambda_dpo.logprobs.sequence_logps` over ``[prompt_b ‖ r_bi]`` (see the
-    module docstring); ``model`` is called through its top-level forward with ``position_ids`` and the 4-D mask.
+    module docstring); ``model`` is called through its top-level forward with ``position_ids`` and either the rows'
+    layout (SDPA models: :mod:`lambda_dpo.logprobs.segment_attention`) or the dense 4-D mask (eager attention).
     """
+    hf_model = unwrap_model(model)
+    segment = use_segment_attention(hf_model)
     implementation = attention_implementation(model)
-    if implementation not in MASKED_ATTENTION:
-        raise ValueError(f"prefix sharing needs attention that applies a dense 4-D mask ({', '.join(MASKED_ATTENTION)}); "
+    if not segment and implementation not in MASKED_ATTENTION:
+        raise ValueError(f"prefix sharing needs SDPA or eager attention; "
                          f"this model uses {implementation!r}: set prefix_sharing: false, or load it with "
                          "attn_implementation='sdpa'")
     device = device if device is not None else next(model.parameters()).device
     packed = {k: v.to(device) for k, v in build_shared_rows(prompt_ids, response_ids, pad_token_id).items()}
-    dtype = None if implementation == "sdpa" else next(model.parameters()).dtype
-    return predicted_logps(model, packed["input_ids"], shared_attention_mask(packed["segments"], dtype),
-                           packed["rows"], packed["cols"], packed["labels"], packed["sequence"], packed["num_tokens"],
-                           position_ids=packed["position_ids"], padding_mask=(packed["segments"] >= 0).long(),
-                           reduction=reduction, chunk_size=chunk_size, checkpoint=checkpoint)
+    padding_mask = (packed["segments"] >= 0).long()
+    model_kwargs = {"position_ids": packed["position_ids"]}
+    if segment:
+        layout = PrefixLayout.build([len(p) for p in prompt_ids], [[len(r) for r in rs] for rs in response_ids],
+                                    packed["input_ids"].shape[1])
+        model_kwargs["prefix_layout"] = layout.to(device)
+        # a 4-D mask is passed through as given (the attention reads the layout instead); a 2-D one would make
+        # transformers build a dense [B, 1, L, L] mask nothing reads
+        attention_mask = padding_mask[:, None, None, :].bool()
+    else:
+        dtype = None if implementation == "sdpa" else next(model.parameters()).dtype
+        attention_mask = shared_attention_mask(packed["segments"], dtype)
+    return predicted_logps(model, packed["input_ids"], attention_mask, packed["rows"], packed["cols"],
+                           packed["labels"], packed["sequence"], packed["num_tokens"], model_kwargs=model_kwargs,
+                           padding_mask=padding_mask, reduction=reduction, chunk_size=chunk_size,
+                           checkpoint=checkpoint)
 
 
-AUTO_MAX_COST = 0.85  # auto shares a batch whose estimated cost is at most this share of the plain layout's
+AUTO_MAX_COST = 0.9  # auto shares a batch whose estimated cost is at most this share of the plain layout's
 
 
 def shared_and_plain_tokens(prompt_ids, response_ids) -> tuple[int, int]:
@@ -165,22 +196,32 @@ def shared_and_plain_tokens(prompt_ids, response_ids) -> tuple[int, int]:
 def estimated_cost_ratio(model: torch.nn.Module | None, prompt_ids, response_ids) -> float:
     """Estimated forward+backward cost of the shared layout over the plain one, for this batch.
 
-    Per layer, a position costs ≈ 2·(4h² + 3h·f) FLOPs in its linear layers and each (query, key) pair of the
-    dense attention ≈ 4h (scores and the weighted sum; with a 4-D mask the attention computes every pair of a row).
-    Sharing saves linear work on the repeated prompts but a shared row of length L = P + Σ r attends L² pairs
-    against k·(P + r)²; with small models and many long responses that loses (benchmarks/bench_prefix.py: 0.8× at
-    k = 8 on a 7M model, 2× on QA-Feedback's long passages). The output head costs the same in both layouts."""
-    config = getattr(unwrap_model(model), "config", None) if model is not None else None
+    In FLOPs: per layer, a position costs ≈ 2·(4h² + 3h·f) in its linear layers and each (query, key) pair the
+    attention computes ≈ 4h (scores and the weighted sum); the output head ≈ 2h·V per response token, the same in
+    both layouts. The plain layout computes N·T² pairs (T its longest sequence; padded batches take a dense mask).
+    The shared one computes B·P² + N·R·(P + R) with the segment attention (SDPA models,
+    :mod:`lambda_dpo.logprobs.segment_attention`) and B·L² with a dense 4-D mask (eager attention). Calibrated on
+    benchmarks/bench_prefix.py (7M Llama, UltraFeedback-like and k = 8): estimated 0.84 / 0.82 where the step
+    measured 0.91 / 0.89 of today's, hence :data:`AUTO_MAX_COST`."""
+    hf_model = unwrap_model(model) if model is not None else None
+    config = getattr(hf_model, "config", None)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 1024
     ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
-    pair_cost = 4 * hidden / (2 * (4 * hidden**2 + 3 * hidden * ffn))  # one attention pair, in position units
-    rows = [len(p) + sum(map(len, rs)) for p, rs in zip(prompt_ids, response_ids)]
-    sequences = [len(p) + len(r) for p, rs in zip(prompt_ids, response_ids) for r in rs]
-    width, length = max(rows, default=0), max(sequences, default=0)
-    shared = len(rows) * (width + pair_cost * width**2)
-    plain = len(sequences) * (length + pair_cost * length**2)
-    return shared / max(plain, 1e-9)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 1
+    vocab = getattr(config, "vocab_size", None) or 0
+    segment = attention_implementation(model) in (None, "sdpa", IMPLEMENTATION) if model is not None else True
+    position, pair, head = 2 * (4 * hidden**2 + 3 * hidden * ffn), 4 * hidden, 2 * hidden * vocab
+    prompts = [len(p) for p in prompt_ids]
+    responses = [len(r) for rs in response_ids for r in rs]
+    rows = [p + sum(map(len, rs)) for p, rs in zip(prompts, response_ids)]
+    sequences = [p + len(r) for p, rs in zip(prompts, response_ids) for r in rs]
+    B, N, P, R = len(rows), len(responses), max(prompts, default=0), max(responses, default=0)
+    L, T = max(rows, default=0), max(sequences, default=0)
+    shared_pairs = B * P**2 + N * R * (P + R) if segment else B * L**2
+    shared = layers * (B * L * position + shared_pairs * pair)
+    plain = layers * (N * T * position + N * T**2 * pair)
+    return (shared + sum(responses) * head) / max(plain + sum(responses) * head, 1e-9)
 
 
 def sharing_pays(model: torch.nn.Module | None, prompt_ids, response_ids, max_cost: float = AUTO_MAX_COST) -> bool:
@@ -200,7 +241,7 @@ def sharing_works(model: torch.nn.Module, prompt_ids, response_ids, pad_token_id
         return _SHARING_VERIFIED[hf_model]
     ok, why = False, ""
     if attention_implementation(model) not in MASKED_ATTENTION:
-        why = f"its attention ({attention_implementation(model)!r}) takes no dense 4-D mask"
+        why = f"its attention ({attention_implementation(model)!r}) is neither SDPA nor eager"
     else:
         device = next(model.parameters()).device
         prompts, responses = list(prompt_ids[:2]), [list(rs) for rs in response_ids[:2]]
@@ -221,12 +262,15 @@ def sharing_works(model: torch.nn.Module, prompt_ids, response_ids, pad_token_id
                 with lambdas_set(model, rows):
                     shared = shared_prefix_logps(model, prompts, responses, pad_token_id, reduction=reduction,
                                                  device=device).logps
+            except SegmentAttentionUnsupported as error:
+                shared, why = None, f"the shared rows' attention does not implement it ({error})"
             finally:
                 hf_model.train(training)
-        tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
-        diff = (plain - shared).abs().max().item()
-        ok = diff <= tol * max(1.0, plain.abs().max().item())
-        why = f"its shared log-probs differ from the plain ones by {diff:.3g}"
+        if shared is not None:
+            tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+            diff = (plain - shared).abs().max().item()
+            ok = diff <= tol * max(1.0, plain.abs().max().item())
+            why = f"its shared log-probs differ from the plain ones by {diff:.3g}"
     if not ok and type(hf_model).__name__ not in _WARNED:
         _WARNED.add(type(hf_model).__name__)
         logger.warning("prefix sharing is off for %s: %s; every response is forwarded with its own copy of the "

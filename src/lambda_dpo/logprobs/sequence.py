@@ -155,7 +155,7 @@ def predicted_logps(
     sequence: torch.Tensor,
     num_tokens: torch.Tensor,
     *,
-    position_ids: torch.Tensor | None = None,
+    model_kwargs: dict | None = None,
     padding_mask: torch.Tensor | None = None,
     reduction: str = "mean",
     chunk_size: int | None = 128,
@@ -165,7 +165,8 @@ def predicted_logps(
     ``input_ids [N', T]``, then log p(``labels[j]``) read from position ``(rows[j], cols[j])`` (the one that
     predicts it) and summed into sequence ``sequence[j]`` of ``num_tokens.shape[0]``; ``mean`` divides by
     ``num_tokens``. ``attention_mask`` is ``[N', T]``, or a 4-D ``[N', 1, T, T]`` mask together with
-    ``padding_mask [N', T]`` (1 = real token); ``position_ids`` optional.
+    ``padding_mask [N', T]`` (1 = real token); ``model_kwargs`` (``position_ids``, a prefix layout) go to the
+    model's forward.
     """
     check_reduction(reduction)
     parts = _split(model)
@@ -182,10 +183,10 @@ def predicted_logps(
             return _chunked(token_fn, hidden[rows, cols], labels, chunk_size, checkpoint, num_chunks)
 
         token_logps, _ = _forward_capturing_hidden(model, backbone, input_ids, attention_mask, keep_none,
-                                                   position_ids, on_hidden=chunked_head)
+                                                   model_kwargs, on_hidden=chunked_head)
     else:
-        extra = {} if position_ids is None else {"position_ids": position_ids}
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       **(model_kwargs or {})).logits
         token_fn = partial(_token_logps, head=None, transform=None)
         token_logps = _chunked(token_fn, logits[rows, cols], labels, chunk_size, checkpoint)
     return _reduce(token_logps, sequence, num_tokens, reduction)
@@ -260,7 +261,7 @@ def _final_logit_transform(logits: torch.Tensor, *, scale, divisor, softcap) -> 
     return logits
 
 
-def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep, position_ids=None,
+def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits_to_keep, model_kwargs=None,
                               on_hidden: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """Run the top-level model; return ``on_hidden(h)`` of the backbone's final hidden states ``h [N, T, H]`` (``h``
     itself without ``on_hidden``) and the model's logits.
@@ -281,9 +282,8 @@ def _forward_capturing_hidden(model, backbone, input_ids, attention_mask, logits
 
     handle = backbone.register_forward_hook(on_backbone_output)
     try:
-        extra = {} if position_ids is None else {"position_ids": position_ids}
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                        logits_to_keep=logits_to_keep, **extra)
+                        logits_to_keep=logits_to_keep, **(model_kwargs or {}))
     finally:
         handle.remove()
     return results[-1], outputs.logits
