@@ -79,3 +79,49 @@ def test_recipe_steers_every_dimension_of_a_world_it_was_not_tuned_on(tmp_path, 
     for i, d in enumerate(dims):
         others = {o: round(float(vertex[o][i]), 3) for o in dims if o != d}
         assert vertex[d][i] > max(others.values()), f"{name}/{d}: {vertex[d][i]:.3f} at its vertex vs {others}"
+
+
+@pytest.mark.parametrize("name", ["demo", "support", "travel"])
+def test_fresh_records_are_new_candidate_sets_for_one_prompt(name):
+    world = get_world(name)
+    _, heldout = world.make_world(seed=0, num_train=0, num_heldout=4)
+    prompt = heldout[0]["prompt"]
+    records = world.fresh_records(prompt, 30, seed=0)
+    assert len(records) == 30 and {r["prompt"] for r in records} == {prompt}
+    assert records == world.fresh_records(prompt, 30, seed=0)  # deterministic under its seed
+    assert records != world.fresh_records(prompt, 30, seed=1)
+    assert len({tuple(r["responses"]) for r in records}) > 20  # new candidate sets, not one repeated
+    for record in records:  # scored by the world's own scorer
+        for i, response in enumerate(record["responses"]):
+            assert {d: record["scores"][d][i] for d in world.dimensions} == world.scorer(prompt, response)
+    with pytest.raises(ValueError, match="not a prompt"):
+        world.fresh_records("What is the weather like on Mars?", 1)
+
+
+def test_population_oracle_is_the_targets_expectation_given_the_prompt():
+    """The oracle's mean score at each λ equals, up to its sampling noise, the exact expectation of the λ-mixed
+    target over the same fresh records (computed here by hand), and it follows λ at the vertices."""
+    import numpy as np
+
+    from lambda_dpo.demo.pipeline import DemoSettings, oracle_controllability
+
+    world = get_world("support")
+    _, heldout = world.make_world(seed=0, num_train=0, num_heldout=2)
+    prompts = [r["prompt"] for r in heldout]
+    ranges = np.array([4.0, 1.0, 4.0])
+    s = DemoSettings(tau=0.05, grid_n=1, seed=0)
+    result = oracle_controllability(None, prompts, s, world, ranges, fresh_records=40, samples=2000)
+    for point, means in zip(result.grid, result.mean_scores):
+        lam = np.array([point[d] for d in world.dimensions])
+        exact = []
+        for prompt in prompts:
+            for record in world.fresh_records(prompt, 40, seed=0):
+                scores = np.array([record["scores"][d] for d in world.dimensions])  # [m, k]
+                z = scores / ranges[:, None] / s.tau
+                targets = np.exp(z - z.max(axis=1, keepdims=True))
+                targets /= targets.sum(axis=1, keepdims=True)
+                exact.append(scores @ (lam @ targets))
+        assert np.allclose(means, np.mean(exact, axis=0), atol=0.1 * ranges), (point, means, np.mean(exact, axis=0))
+    vertex = {max(p, key=p.get): np.asarray(m) for p, m in zip(result.grid, result.mean_scores) if max(p.values()) == 1}
+    for d, dimension in enumerate(world.dimensions):
+        assert all(vertex[dimension][d] > vertex[other][d] for other in world.dimensions if other != dimension)

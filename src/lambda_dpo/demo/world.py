@@ -260,6 +260,15 @@ def make_world(
     )
 
 
+def fresh_records(prompt: str, count: int, seed: int = 0, k: int = 4, false_fact_rate: float = 0.25) -> list[dict]:
+    """``count`` new records for one prompt of the world: fresh candidate sets, drawn as :func:`make_world` draws
+    them (deterministic under ``seed``). What the population oracle averages over (``oracle_controllability``)."""
+    found = [(e, p) for e in ENTITIES for p in range(len(PHRASINGS[e.kind])) if prompt_text(e, p) == prompt]
+    if not found:
+        raise ValueError(f"{prompt!r} is not a prompt of the demo world")
+    return _records(found[:1], count, k, false_fact_rate, random.Random(f"fresh-{seed}-{prompt}"), "fresh")
+
+
 def write_world(
     out_dir: str, seed: int = 0, num_train: int = 1000, num_heldout: int = 16, k: int = 4, false_fact_rate: float = 0.25
 ) -> tuple[str, str]:

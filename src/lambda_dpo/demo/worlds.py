@@ -117,6 +117,15 @@ class World:
         return (self._records(train_pool, num_train, rng, "train"),
                 self._records(heldout_pool, num_heldout, rng, "heldout"))
 
+    def fresh_records(self, prompt: str, count: int, seed: int = 0) -> list[dict]:
+        """``count`` new records for one prompt of the world: fresh candidate sets (and k), drawn as
+        :meth:`make_world` draws them, deterministic under ``seed``."""
+        found = [(e, p) for e in self.entities for p in range(len(self.phrasings))
+                 if self.phrasings[p].format(e) == prompt]
+        if not found:
+            raise ValueError(f"{prompt!r} is not a prompt of the {self.name!r} world")
+        return self._records(found[:1], count, random.Random(f"{self.name}-fresh-{seed}-{prompt}"), "fresh")
+
     def write_world(self, out_dir: str, seed: int = 0, num_train: int = 1000, num_heldout: int = 16,
                     k: int | None = None) -> tuple[str, str]:
         import os
@@ -293,6 +302,12 @@ class DemoWorld:
 
     def scorer(self, prompt: str, response: str) -> dict[str, float]:
         return self._module.scorer(prompt, response)
+
+    def fresh_records(self, prompt: str, count: int, seed: int = 0) -> list[dict]:
+        return self._module.fresh_records(prompt, count, seed=seed)
+
+    def make_world(self, seed: int = 0, num_train: int = 1000, num_heldout: int = 16, k: int = 4):
+        return self._module.make_world(seed, num_train, num_heldout, k)
 
     def write_world(self, out_dir: str, seed: int = 0, num_train: int = 1000, num_heldout: int = 16, k: int = 4):
         return self._module.write_world(out_dir, seed=seed, num_train=num_train, num_heldout=num_heldout, k=k)
