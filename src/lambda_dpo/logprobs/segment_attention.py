@@ -113,14 +113,15 @@ def segment_attention_forward(module, query, key, value, attention_mask, dropout
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     P = layout.prompt_mask.shape[-1]
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    prompt_out = sdpa(query[:, :, :P], key[:, :, :P], value[:, :, :P], attn_mask=layout.prompt_mask,
-                      dropout_p=dropout, scale=scaling)
+    # Copies, not views: SDPA keeps its inputs for the backward, and a view would keep the whole row's states alive
+    prompt_q, prompt_k, prompt_v = (states[:, :, :P].contiguous() for states in (query, key, value))
+    prompt_out = sdpa(prompt_q, prompt_k, prompt_v, attn_mask=layout.prompt_mask, dropout_p=dropout, scale=scaling)
 
     def per_response(states: torch.Tensor) -> torch.Tensor:  # [B, H, L, D] → [N, H, R, D]
         return states.transpose(1, 2)[layout.response_row[:, None], layout.response_cols].transpose(1, 2)
 
-    keys = torch.cat([key[layout.response_row, :, :P], per_response(key)], dim=2)
-    values = torch.cat([value[layout.response_row, :, :P], per_response(value)], dim=2)
+    keys = torch.cat([prompt_k[layout.response_row], per_response(key)], dim=2)
+    values = torch.cat([prompt_v[layout.response_row], per_response(value)], dim=2)
     response_out = sdpa(per_response(query), keys, values, attn_mask=layout.response_mask, dropout_p=dropout,
                         scale=scaling)
     heads, dim = query.shape[1], query.shape[-1]
