@@ -104,7 +104,7 @@ def segment_attention_forward(module, query, key, value, attention_mask, dropout
                    if kwargs.get(name) is not None]
     if getattr(module, "sinks", None) is not None:
         unsupported.append("sinks")
-    if not getattr(module, "is_causal", True):
+    if not getattr(module, "is_causal", True) or kwargs.get("is_causal") is False:
         unsupported.append("non-causal attention")
     if unsupported:
         raise SegmentAttentionUnsupported(f"{type(module).__name__} uses {', '.join(unsupported)}")
