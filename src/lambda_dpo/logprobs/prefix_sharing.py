@@ -61,7 +61,7 @@ from lambda_dpo.logprobs.sequence import (
 logger = logging.getLogger(__name__)
 
 # implementations prefix sharing runs on: SDPA (switched to the segment attention) and eager (a dense 4-D mask)
-MASKED_ATTENTION = ("sdpa", "eager", IMPLEMENTATION)
+SHARED_ATTENTION = ("sdpa", "eager", IMPLEMENTATION)
 _SHARING_VERIFIED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 _WARNED: set[str] = set()
 
@@ -158,7 +158,7 @@ def shared_prefix_logps(
     hf_model = unwrap_model(model)
     segment = use_segment_attention(hf_model)
     implementation = attention_implementation(model)
-    if not segment and implementation not in MASKED_ATTENTION:
+    if not segment and implementation not in SHARED_ATTENTION:
         raise ValueError(f"prefix sharing needs SDPA or eager attention; "
                          f"this model uses {implementation!r}: set prefix_sharing: false, or load it with "
                          "attn_implementation='sdpa'")
@@ -240,7 +240,7 @@ def sharing_works(model: torch.nn.Module, prompt_ids, response_ids, pad_token_id
     if hf_model in _SHARING_VERIFIED:
         return _SHARING_VERIFIED[hf_model]
     ok, why = False, ""
-    if attention_implementation(model) not in MASKED_ATTENTION:
+    if attention_implementation(model) not in SHARED_ATTENTION:
         why = f"its attention ({attention_implementation(model)!r}) is neither SDPA nor eager"
     else:
         device = next(model.parameters()).device
